@@ -1,0 +1,161 @@
+"""``${...}`` placeholders: JMESPath expressions over the saga's data, never code.
+
+The context an expression sees is ``{input, steps: {NAME: {output, status}},
+execution: {id, saga, version}}``. A string that is exactly one placeholder keeps
+the value's JSON type; inside a longer string, strings are inserted as they are
+and other values as compact JSON; in a ``path`` every inserted value is
+percent-encoded, ``/`` included.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+
+
+class TemplateError(ValueError):
+    """A placeholder could not be compiled or rendered; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    text: str
+    compiled: Any
+
+    def search(self, context: dict[str, Any]) -> Any:
+        try:
+            return self.compiled.search(context)
+        except JMESPathError as error:
+            raise TemplateError(f"expression {self.text!r} failed: {error}") from error
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(text: str) -> Expression:
+    """Compile one JMESPath expression, raising :class:`TemplateError` naming it."""
+    if not text.strip():
+        raise TemplateError("empty expression")
+    try:
+        return Expression(text, jmespath.compile(text))
+    except JMESPathError as error:
+        raise TemplateError(f"invalid JMESPath {text!r}: {error}") from error
+
+
+def placeholders(value: Any) -> list[str]:
+    """Every ``${...}`` expression text found in a JSON-like value, in order."""
+    if isinstance(value, str):
+        return _PLACEHOLDER.findall(value)
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in placeholders(item)]
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in placeholders(item)]
+    return []
+
+
+def step_references(expression: Expression) -> frozenset[str]:
+    """Names of the steps an expression reads through ``steps.NAME``.
+
+    ``steps`` read as a whole (``steps.*``, ``keys(steps)``) yields ``{"*"}`` so
+    that validation can reject it: every read must name its step.
+    """
+    found: set[str] = set()
+    _walk(expression.compiled.parsed, found, top=True)
+    return frozenset(found)
+
+
+def _walk(node: Any, found: set[str], top: bool) -> None:
+    # Over-approximates on purpose: a chain starting with ``steps`` anywhere counts
+    # as a read, so validation may reject a harmless filter but never misses a read.
+    if not isinstance(node, dict):
+        return
+    children = node.get("children", [])
+    if children and _is_field(children[0], "steps"):
+        named = None
+        if node.get("type") == "subexpression" and len(children) > 1:
+            named = _leading_field(children[1])
+        found.add(named or "*")
+        children = children[1:]
+    elif top and _is_field(node, "steps"):
+        found.add("*")
+    for child in children:
+        _walk(child, found, top=False)
+
+
+# Node types whose first child is evaluated first against the current value, so in
+# ``steps.a[0]`` or ``steps.a[*]`` the step read is still the leftmost field ``a``.
+_LEFT_FIRST = frozenset(
+    {"subexpression", "index_expression", "projection", "value_projection",
+     "filter_projection", "flatten"}
+)
+
+
+def _leading_field(node: Any) -> str | None:
+    while isinstance(node, dict) and node.get("type") in _LEFT_FIRST and node.get("children"):
+        node = node["children"][0]
+    if isinstance(node, dict) and node.get("type") == "field":
+        return str(node["value"])
+    return None
+
+
+def _is_field(node: Any, name: str) -> bool:
+    return isinstance(node, dict) and node.get("type") == "field" and node.get("value") == name
+
+
+def render(value: Any, context: dict[str, Any]) -> Any:
+    """Render a body or header value: exact placeholders keep their JSON type."""
+    if isinstance(value, str):
+        return _render_string(value, context, encode=False)
+    if isinstance(value, dict):
+        return {key: render(item, context) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [render(item, context) for item in value]
+    return value
+
+
+def render_path(path: str, context: dict[str, Any]) -> str:
+    """Render a URL path; each inserted value is percent-encoded, ``/`` included."""
+    rendered = _render_string(path, context, encode=True)
+    assert isinstance(rendered, str)
+    return rendered
+
+
+def render_headers(headers: dict[str, str], context: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, template in headers.items():
+        value = _render_string(template, context, encode=False)
+        out[name] = value if isinstance(value, str) else _compact(value)
+    return out
+
+
+def _render_string(text: str, context: dict[str, Any], encode: bool) -> Any:
+    if "${" not in text:
+        return text
+    whole = _PLACEHOLDER.fullmatch(text)
+    if whole is not None and not encode:
+        return compile_expression(whole.group(1)).search(context)
+
+    def substitute(match: re.Match[str]) -> str:
+        value = compile_expression(match.group(1)).search(context)
+        if encode and value is None:
+            raise TemplateError(f"placeholder ${{{match.group(1)}}} in path is null")
+        inserted = value if isinstance(value, str) else _compact(value)
+        return quote(inserted, safe="") if encode else inserted
+
+    return _PLACEHOLDER.sub(substitute, text)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def truthy(value: Any) -> bool:
+    """JMESPath truthiness: false, null, empty string, list and object are false."""
+    return value not in (None, False, "", [], {})

@@ -1,0 +1,1 @@
+"""Durable journals: one interface (``base.Journal``), one store per database."""
