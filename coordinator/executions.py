@@ -1,0 +1,231 @@
+"""The control plane behind the HTTP API: start, read, list, cancel, resume, wait.
+
+Contract of :class:`ExecutionService`:
+- Owns nothing durable itself: the journal holds every execution, hosts run them.
+  Several API processes may serve one journal and one pool.
+- ``start`` returns only after the execution's first events are durable, then
+  hands the execution to its host; a host that is down does not lose it (the
+  supervisor or the next ``serve`` resumes it from the journal).
+- A start with an idempotency key is idempotent per saga: the same key and the
+  same request return the first execution; a different request is a conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from coordinator.core import events as ev
+from coordinator.core.definition import SagaDefinition
+from coordinator.core.replay import can_cancel, replay
+from coordinator.core.state import ExecutionState
+from coordinator.errors import BadRequest, Conflict, InvalidInput, NotFound, Retryable
+from coordinator.journal.base import Journal, JournalUnavailable, NewExecution
+from coordinator.pool import HostPool
+from coordinator.views import accepted_view, execution_view, summary_view
+
+log = logging.getLogger(__name__)
+MAX_WAIT_SECONDS = 60.0
+
+
+class SagaCatalog:
+    """The loaded definitions by name and version (a read-only view of the registry)."""
+
+    def __init__(self, definitions: list[SagaDefinition]) -> None:
+        self._by_key = {(d.name, d.version): d for d in definitions}
+        self._validators = {
+            d.key: Draft202012Validator(d.input_schema) for d in definitions if d.input_schema
+        }
+
+    def names(self) -> list[str]:
+        return sorted({name for name, _ in self._by_key})
+
+    def versions(self, name: str) -> list[SagaDefinition]:
+        return sorted((d for (n, _), d in self._by_key.items() if n == name),
+                      key=lambda d: d.version)
+
+    def get(self, name: str, version: int | None = None) -> SagaDefinition:
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"no saga named {name!r}; loaded: {', '.join(self.names()) or 'none'}")
+        if version is None:
+            return versions[-1]
+        for definition in versions:
+            if definition.version == version:
+                return definition
+        known = ", ".join(str(d.version) for d in versions)
+        raise NotFound(f"saga {name!r} has no version {version}; loaded versions: {known}")
+
+    def check_input(self, definition: SagaDefinition, value: Any) -> None:
+        validator = self._validators.get(definition.key)
+        if validator is None:
+            return
+        errors = sorted(validator.iter_errors(value), key=lambda e: e.json_path)
+        if errors:
+            violations = [{"path": e.json_path, "message": e.message} for e in errors]
+            summary = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
+            raise InvalidInput(f"input of saga {definition.name!r} v{definition.version} is "
+                               f"invalid: {summary}", errors=violations)
+
+
+class ExecutionService:
+    def __init__(
+        self,
+        catalog: SagaCatalog,
+        journal: Journal,
+        pool: HostPool,
+        *,
+        jaeger_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.catalog = catalog
+        self.journal = journal
+        self.pool = pool
+        self._jaeger_url = jaeger_url
+        self._clock = clock
+        self._dispatches: set[asyncio.Task[None]] = set()
+
+    async def start(
+        self,
+        saga: str,
+        value: Any,
+        *,
+        version: int | None = None,
+        idempotency_key: str | None = None,
+        trace: dict[str, str] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Journal a new execution and hand it to its host; ``(view, created)``."""
+        definition = self.catalog.get(saga, version)
+        self.catalog.check_input(definition, value)
+        now = self._clock()
+        execution_id = uuid.uuid4().hex
+        started = ev.ExecutionStarted(
+            at=now, execution_id=execution_id, saga=definition.name,
+            version=definition.version, input=value,
+            deadline=now + definition.timeout if definition.timeout else None, trace=trace)
+        request_hash = _fingerprint(definition.version, value) if idempotency_key else None
+        record = NewExecution(execution_id, definition.name, definition.version, now,
+                              idempotency_key, request_hash)
+        result = await self._journaled(self.journal.create_execution(record, [started]))
+        if not result.created:
+            if result.row.request_hash != request_hash:
+                raise Conflict(f"idempotency key {idempotency_key!r} was used for a different "
+                               f"request to saga {saga!r} (execution {result.row.execution_id})")
+            return await self.get(result.row.execution_id), False
+        state = replay(definition, [started])
+        self._dispatch(definition, execution_id, [started])
+        return accepted_view(state), True
+
+    def _dispatch(self, definition: SagaDefinition, execution_id: str,
+                  events: list[ev.Event] | None) -> None:
+        """Hand over without holding the reply: the journal already has the execution."""
+        async def hand_over() -> None:
+            try:
+                await self.pool.dispatch(definition.placement, execution_id, events)
+            except Exception:
+                log.exception("could not hand %s to a host; it stays in the journal",
+                              execution_id)
+
+        task = asyncio.get_running_loop().create_task(hand_over())
+        self._dispatches.add(task)
+        task.add_done_callback(self._dispatches.discard)
+
+    async def state(self, execution_id: str) -> tuple[SagaDefinition, ExecutionState]:
+        stored = await self._journaled(self.journal.read(execution_id))
+        if not stored or not isinstance(stored[0].event, ev.ExecutionStarted):
+            raise NotFound(f"no execution with id {execution_id!r}")
+        start = stored[0].event
+        definition = self.catalog.get(start.saga, start.version)
+        return definition, replay(definition, [s.event for s in stored])
+
+    async def get(self, execution_id: str) -> dict[str, Any]:
+        definition, state = await self.state(execution_id)
+        return execution_view(definition, state, self._jaeger_url)
+
+    async def events(self, execution_id: str) -> list[dict[str, Any]]:
+        stored = await self._journaled(self.journal.read(execution_id))
+        if not stored:
+            raise NotFound(f"no execution with id {execution_id!r}")
+        return [s.as_json_dict() for s in stored]
+
+    async def list(self, saga: str | None, status: str | None, limit: int,
+                   cursor: str | None) -> dict[str, Any]:
+        if not 1 <= limit <= 500:
+            raise BadRequest(f"limit must be between 1 and 500, not {limit}")
+        try:
+            page = await self._journaled(self.journal.list_executions(saga, status, limit, cursor))
+        except ValueError as error:
+            raise BadRequest(f"invalid cursor {cursor!r}: {error}") from error
+        return {"items": [summary_view(row) for row in page.items],
+                "next_cursor": page.next_cursor}
+
+    async def cancel(self, execution_id: str, reason: str | None = None) -> dict[str, Any]:
+        definition, state = await self.state(execution_id)
+        if not can_cancel(definition, state):
+            raise Conflict(_refusal("cancel", state, definition))
+        answer = await self.pool.call(definition.placement, execution_id, "cancel", reason)
+        if answer != "accepted":
+            _, state = await self.state(execution_id)
+            raise Conflict(_refusal("cancel", state, definition))
+        return await self.get(execution_id)
+
+    async def resume(self, execution_id: str) -> dict[str, Any]:
+        definition, state = await self.state(execution_id)
+        if state.status != "failed":
+            raise Conflict(f"execution {execution_id} is {state.status}; only a failed "
+                           "execution can be resumed")
+        answer = await self.pool.call(definition.placement, execution_id, "resume")
+        if answer != "accepted":
+            raise Conflict(f"execution {execution_id} could not be resumed ({answer})")
+        return await self.get(execution_id)
+
+    async def wait(self, execution_id: str, seconds: float) -> dict[str, Any]:
+        """The execution once terminal, or as it stands when ``seconds`` have passed."""
+        seconds = min(max(seconds, 0.0), MAX_WAIT_SECONDS)
+        deadline = self._clock() + seconds
+        definition, state = await self.state(execution_id)
+        while not state.terminal and (left := deadline - self._clock()) > 0:
+            try:
+                await self.pool.call(definition.placement, execution_id, "wait", left)
+            except Exception:
+                log.debug("wait on host failed for %s; polling", execution_id, exc_info=True)
+            definition, state = await self.state(execution_id)
+            if not state.terminal:
+                await asyncio.sleep(min(0.05, max(deadline - self._clock(), 0)))
+        return execution_view(definition, state, self._jaeger_url)
+
+    async def resume_all(self) -> int:
+        """Hand every non-terminal execution to its host (at ``serve`` start)."""
+        rows = await self._journaled(self.journal.non_terminal())
+        for row in rows:
+            self._dispatch(self.catalog.get(row.saga, row.version), row.execution_id, None)
+        return len(rows)
+
+    async def _journaled(self, call: Any) -> Any:
+        try:
+            return await call
+        except JournalUnavailable as error:
+            raise Retryable(f"the journal is unavailable: {error}", retry_after=1.0) from error
+
+
+def _fingerprint(version: int, value: Any) -> str:
+    canonical = json.dumps({"version": version, "input": value}, sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _refusal(action: str, state: ExecutionState, definition: SagaDefinition) -> str:
+    if state.terminal:
+        return f"cannot {action} execution {state.execution_id}: it is already {state.status}"
+    if state.status == "compensating":
+        return f"cannot {action} execution {state.execution_id}: it is already compensating"
+    return (f"cannot {action} execution {state.execution_id}: its pivot step "
+            f"{definition.graph.pivot!r} has succeeded")

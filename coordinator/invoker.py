@@ -1,0 +1,116 @@
+"""The HTTP step invoker: sends one rendered attempt and reports what it observed.
+
+Contract: one pooled ``aiohttp.ClientSession`` per host process, keep-alive on;
+every request carries the attempt's ``Idempotency-Key``; the per-attempt timeout
+covers the whole exchange. It never retries by itself (the core decides) and
+never raises for a failed call: every outcome, including a refused connection,
+comes back as a :class:`Reply`. Service headers (tokens) are added here, after
+the core, so they never reach the journal, logs, spans or API responses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+
+from coordinator.core.commands import HttpRequest
+from coordinator.core.outcomes import Reply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a service lives and how to authenticate; ``headers`` resolves secrets late."""
+
+    name: str
+    urls: tuple[str, ...]
+    headers: Callable[[], dict[str, str]] = field(default=dict, repr=False)
+
+
+class HttpInvoker:
+    def __init__(self, endpoints: Mapping[str, Endpoint], *, pool_size: int = 512) -> None:
+        self._endpoints = dict(endpoints)
+        self._pool_size = pool_size
+        self._session: aiohttp.ClientSession | None = None
+        self._next: dict[str, int] = {}
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=_dumps, raise_for_status=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _url(self, request: HttpRequest) -> str:
+        endpoint = self._endpoints[request.service]
+        index = self._next.get(request.service, 0)
+        self._next[request.service] = index + 1
+        return endpoint.urls[index % len(endpoint.urls)].rstrip("/") + request.path
+
+    async def invoke(self, request: HttpRequest) -> Reply:
+        endpoint = self._endpoints.get(request.service)
+        if endpoint is None:
+            return Reply(failure="connection_refused", error=f"unknown service {request.service!r}")
+        try:
+            headers = {**request.headers, **endpoint.headers(),
+                       "Idempotency-Key": request.idempotency_key}
+        except KeyError as missing:
+            return Reply(failure="connection_refused",
+                         error=f"service {request.service!r}: environment variable {missing} unset")
+        return await self._send(request, self._url(request), headers)
+
+    async def _send(self, request: HttpRequest, url: str, headers: dict[str, str]) -> Reply:
+        session = await self._client()
+        timeout = aiohttp.ClientTimeout(total=request.timeout)
+        try:
+            async with session.request(
+                request.method, url, json=request.body, headers=headers, timeout=timeout
+            ) as response:
+                payload = await _read_body(response)
+                return Reply(status_code=response.status, body=payload,
+                             retry_after=_retry_after(response.headers.get("Retry-After")))
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return Reply(failure="timeout", error=f"no reply within {request.timeout:g}s")
+        except aiohttp.ClientConnectorError as error:
+            return Reply(failure="connection_refused", error=f"cannot connect: {error.os_error}")
+        except (aiohttp.ClientError, OSError) as error:
+            # Sent, then the connection broke: the service may or may not have acted.
+            return Reply(failure="connection_lost", error=f"connection lost: {error!r}"[:300])
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> Any:
+    text = await response.text()
+    if not text:
+        return None
+    if "json" in response.headers.get("Content-Type", ""):
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
+    return text
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    with contextlib.suppress(TypeError, ValueError):
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    return None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

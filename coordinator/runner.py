@@ -1,0 +1,233 @@
+"""The runner: the only place where the core's decisions turn into effects.
+
+Contract of :class:`ExecutionRunner`:
+- Owns one execution while it runs: its state and its in-flight attempts. It is
+  the only writer of that execution's journal; every change, including a cancel
+  or resume request, passes through its mailbox so writes are serialized.
+- Journals before it acts: an attempt's started event is durable before the
+  request is sent, and a reply's event before the next decision.
+- Retries nothing by itself: the core schedules retries; the runner only keeps
+  timers. A lost journal connection is retried with backoff; a sequence conflict
+  means another host took over, and the runner stops without writing more.
+- Idempotent to restart: a new runner rebuilt from the journal journals the
+  attempts that were in flight as interrupted and re-sends them with the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from coordinator.core import events as ev
+from coordinator.core.commands import HttpRequest, Invoke, WaitUntil
+from coordinator.core.decide import decide, interrupted
+from coordinator.core.definition import SagaDefinition
+from coordinator.core.outcomes import Reply, judge_action, judge_compensation
+from coordinator.core.replay import apply, can_cancel
+from coordinator.core.state import ExecutionState
+from coordinator.journal.base import Journal, JournalUnavailable
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+
+
+class Invoker(Protocol):
+    async def invoke(self, request: HttpRequest) -> Reply: ...
+
+
+class AttemptHook(Protocol):
+    """Wraps each send, e.g. in a tracing span; must return the invoker's reply."""
+
+    def __call__(
+        self, state: ExecutionState, command: Invoke, send: Callable[[], Awaitable[Reply]]
+    ) -> Awaitable[Reply]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Replied:
+    command: Invoke
+    reply: Reply
+
+
+@dataclass(slots=True)
+class _Control:
+    kind: str  # "cancel" | "resume"
+    reason: str | None
+    answer: asyncio.Future[bool]
+
+
+_TICK = object()
+JOURNAL_RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+class ExecutionRunner:
+    def __init__(
+        self,
+        definition: SagaDefinition,
+        state: ExecutionState,
+        journal: Journal,
+        invoker: Invoker,
+        *,
+        clock: Clock = time.time,
+        opening: list[ev.Event] | None = None,
+        around_attempt: AttemptHook | None = None,
+    ) -> None:
+        self.definition = definition
+        self.state = state
+        self._journal = journal
+        self._invoker = invoker
+        self._clock = clock
+        self._opening = list(opening or [])
+        self._around_attempt = around_attempt
+        self._inbox: asyncio.Queue[object] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.finished = asyncio.Event()
+        self.fenced_out = False
+
+    @property
+    def execution_id(self) -> str:
+        return self.state.execution_id
+
+    async def cancel(self, reason: str | None) -> bool:
+        """Ask for a cancel; True once it is journaled, False when it is refused."""
+        return await self._control("cancel", reason)
+
+    async def resume(self) -> bool:
+        return await self._control("resume", None)
+
+    async def _control(self, kind: str, reason: str | None) -> bool:
+        if self.finished.is_set():
+            return False
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait(_Control(kind, reason, answer))
+        return await answer
+
+    async def run(self) -> ExecutionState:
+        try:
+            first = [*self._opening, *interrupted(self.state, self._clock())]
+            if first:
+                await self._write(first)
+            while not self.state.terminal:
+                if not await self._step():
+                    await self._wait()
+        except _Stop:
+            pass
+        finally:
+            self._shutdown()
+        return self.state
+
+    async def _step(self) -> bool:
+        """Journal one round of decisions, then send; False when there is nothing to do."""
+        now = self._clock()
+        events: list[ev.Event] = []
+        sends: list[Invoke] = []
+        wake: float | None = None
+        for command in decide(self.definition, self.state, now):
+            if isinstance(command, WaitUntil):
+                wake = command.at
+            elif isinstance(command, Invoke):
+                events.append(command.started(now))
+                sends.append(command)
+            else:
+                events.append(command)
+        if not events:
+            self._arm_timer(wake)
+            return False
+        await self._write(events)
+        for command in sends:
+            self._spawn(command)
+        return True
+
+    async def _wait(self) -> None:
+        message = await self._inbox.get()
+        batch = [message]
+        while not self._inbox.empty():
+            batch.append(self._inbox.get_nowait())
+        replies = [m for m in batch if isinstance(m, _Replied)]
+        if replies:
+            await self._write([self._judge(m) for m in replies])
+        for control in (m for m in batch if isinstance(m, _Control)):
+            await self._apply_control(control)
+
+    def _judge(self, replied: _Replied) -> ev.Event:
+        command, now = replied.command, self._clock()
+        step = self.definition.step_map[command.step]
+        if command.phase == "compensation":
+            return judge_compensation(step, command.attempt, replied.reply, now)
+        return judge_action(step, command.attempt, replied.reply, now)
+
+    async def _apply_control(self, control: _Control) -> None:
+        now = self._clock()
+        accepted = (
+            can_cancel(self.definition, self.state)
+            if control.kind == "cancel"
+            else self.state.status == "failed"
+        )
+        if accepted:
+            event: ev.Event = (ev.CancelRequested(at=now, reason=control.reason)
+                               if control.kind == "cancel" else ev.ResumeRequested(at=now))
+            await self._write([event])
+        if not control.answer.done():
+            control.answer.set_result(accepted)
+
+    def _spawn(self, command: Invoke) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(command))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, command: Invoke) -> None:
+        if self._around_attempt is not None:
+            reply = await self._around_attempt(
+                self.state, command, lambda: self._invoker.invoke(command.request)
+            )
+        else:
+            reply = await self._invoker.invoke(command.request)
+        self._inbox.put_nowait(_Replied(command, reply))
+
+    def _arm_timer(self, wake: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if wake is not None:
+            delay = max(0.0, wake - self._clock())
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(delay, self._inbox.put_nowait, _TICK)
+
+    async def _write(self, events: list[ev.Event]) -> None:
+        for event in events:
+            apply(self.definition, self.state, event)
+        after = self.state.last_seq - len(events)
+        for delay in (*JOURNAL_RETRY_SECONDS, None):
+            try:
+                await self._journal.append(self.execution_id, after, events, self.state.status)
+                return
+            except JournalUnavailable:
+                if delay is None:
+                    raise
+                log.warning("journal unavailable for %s; retrying in %ss", self.execution_id, delay)
+                await asyncio.sleep(delay)
+            except Exception:
+                # Most likely a sequence conflict: another host owns the execution now.
+                log.exception("journal append refused for %s; stopping", self.execution_id)
+                self.fenced_out = True
+                raise _Stop() from None
+
+    def _shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        while not self._inbox.empty():
+            message = self._inbox.get_nowait()
+            if isinstance(message, _Control) and not message.answer.done():
+                message.answer.set_result(False)
+        self.finished.set()
+
+
+class _Stop(Exception):
+    """Ends a runner that may no longer write its execution's journal."""
