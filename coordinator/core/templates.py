@@ -17,7 +17,13 @@ from typing import Any
 from urllib.parse import quote
 
 import jmespath
-from jmespath.exceptions import JMESPathError
+from jmespath.exceptions import (
+    IncompleteExpressionError,
+    JMESPathError,
+    LexerError,
+    ParseError,
+)
+from jmespath.functions import Functions
 
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
@@ -44,9 +50,47 @@ def compile_expression(text: str) -> Expression:
     if not text.strip():
         raise TemplateError("empty expression")
     try:
-        return Expression(text, jmespath.compile(text))
+        compiled = jmespath.compile(text)
     except JMESPathError as error:
-        raise TemplateError(f"invalid JMESPath {text!r}: {error}") from error
+        raise TemplateError(f"invalid JMESPath {text!r}: {_one_line(error)}") from error
+    # jmespath checks function names and argument counts only when evaluating; a
+    # typo would then fail every execution instead of failing validation once.
+    problem = _function_problem(compiled.parsed)
+    if problem:
+        raise TemplateError(f"invalid JMESPath {text!r}: {problem}")
+    return Expression(text, compiled)
+
+
+def _one_line(error: JMESPathError) -> str:
+    # jmespath's own messages add the expression and a caret on further lines.
+    if isinstance(error, LexerError):
+        return f"{error.message} at column {error.lexer_position}"
+    if isinstance(error, IncompleteExpressionError):
+        return "incomplete expression"
+    if isinstance(error, ParseError):
+        return f"{error.msg} at column {error.lex_position}, token {error.token_value!r}"
+    return " ".join(str(error).split())
+
+
+_FUNCTIONS: dict[str, Any] = Functions().FUNCTION_TABLE
+
+
+def _function_problem(node: Any) -> str | None:
+    if not isinstance(node, dict):
+        return None
+    if node.get("type") == "function_expression":
+        name, given = node["value"], len(node["children"])
+        if name not in _FUNCTIONS:
+            return f"unknown function {name}()"
+        signature = _FUNCTIONS[name]["signature"]
+        variadic = bool(signature) and signature[-1].get("variadic", False)
+        if given < len(signature) or (given > len(signature) and not variadic):
+            return f"{name}() takes {len(signature)} argument(s), got {given}"
+    for child in node.get("children", []):
+        found = _function_problem(child)
+        if found:
+            return found
+    return None
 
 
 def placeholders(value: Any) -> list[str]:
@@ -67,26 +111,30 @@ def step_references(expression: Expression) -> frozenset[str]:
     that validation can reject it: every read must name its step.
     """
     found: set[str] = set()
-    _walk(expression.compiled.parsed, found, top=True)
+    _walk(expression.compiled.parsed, found)
     return frozenset(found)
 
 
-def _walk(node: Any, found: set[str], top: bool) -> None:
-    # Over-approximates on purpose: a chain starting with ``steps`` anywhere counts
-    # as a read, so validation may reject a harmless filter but never misses a read.
+def _walk(node: Any, found: set[str]) -> None:
+    # Over-approximates on purpose: a chain starting with ``steps`` anywhere, or a
+    # bare ``steps`` operand (``input.x || steps``), counts as a read, so validation
+    # may reject a harmless filter but never misses a read.
     if not isinstance(node, dict):
         return
-    children = node.get("children", [])
-    if children and _is_field(children[0], "steps"):
-        named = None
-        if node.get("type") == "subexpression" and len(children) > 1:
-            named = _leading_field(children[1])
-        found.add(named or "*")
-        children = children[1:]
-    elif top and _is_field(node, "steps"):
+    if _is_field(node, "steps"):
         found.add("*")
-    for child in children:
-        _walk(child, found, top=False)
+        return
+    children = node.get("children", [])
+    chained = node.get("type") == "subexpression"
+    if children and _is_field(children[0], "steps"):
+        named = _leading_field(children[1]) if chained and len(children) > 1 else None
+        found.add(named or "*")
+    elif children:
+        _walk(children[0], found)
+    for child in children[1:]:
+        # In ``input.steps`` the field belongs to ``input``, not to the saga's steps.
+        if not (chained and _is_field(child, "steps")):
+            _walk(child, found)
 
 
 # Node types whose first child is evaluated first against the current value, so in
