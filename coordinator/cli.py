@@ -74,12 +74,19 @@ COMMANDS: list[Command] = [
 ]
 
 
+def all_commands() -> list[Command]:
+    # Imported late: the runtime commands pull in Ray and aiohttp, validate does not.
+    from coordinator.client_cli import CLIENT_COMMANDS
+
+    return [*COMMANDS, *CLIENT_COMMANDS]
+
+
 def build_parser(commands: Sequence[Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagaray",
                                      description="Saga coordinator for services on Ray.")
     parser.add_argument("--version", action="version", version=f"sagaray {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS if commands is None else commands:
+    for command in all_commands() if commands is None else commands:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)

@@ -171,7 +171,7 @@ class ExecutionService:
         definition, state = await self.state(execution_id)
         if not can_cancel(definition, state):
             raise Conflict(_refusal("cancel", state, definition))
-        answer = await self.pool.call(definition.placement, execution_id, "cancel", reason)
+        answer = await self._on_host(definition, execution_id, "cancel", reason)
         if answer != "accepted":
             _, state = await self.state(execution_id)
             raise Conflict(_refusal("cancel", state, definition))
@@ -182,7 +182,7 @@ class ExecutionService:
         if state.status != "failed":
             raise Conflict(f"execution {execution_id} is {state.status}; only a failed "
                            "execution can be resumed")
-        answer = await self.pool.call(definition.placement, execution_id, "resume")
+        answer = await self._on_host(definition, execution_id, "resume")
         if answer != "accepted":
             raise Conflict(f"execution {execution_id} could not be resumed ({answer})")
         return await self.get(execution_id)
@@ -208,6 +208,17 @@ class ExecutionService:
         for row in rows:
             self._dispatch(self.catalog.get(row.saga, row.version), row.execution_id, None)
         return len(rows)
+
+    async def _on_host(self, definition: SagaDefinition, execution_id: str, method: str,
+                       *args: Any) -> Any:
+        try:
+            return await self.pool.call(definition.placement, execution_id, method, *args)
+        except Exception as error:
+            # A host that died or restarts answers nothing now; the journal keeps the
+            # execution, so the caller may simply try again.
+            log.warning("host call %s(%s) failed: %r", method, execution_id, error)
+            raise Retryable(f"the host of execution {execution_id} did not answer; "
+                            "try again shortly", retry_after=1.0) from error
 
     async def _journaled(self, call: Any) -> Any:
         try:

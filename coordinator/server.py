@@ -1,0 +1,140 @@
+"""``sagaray serve``: wire the registry, journal, Ray host pool and HTTP API together.
+
+The serve process owns no execution: it journals starts, hands executions to
+hosts, and answers reads from the journal. Started against a journal that holds
+unfinished executions, it hands every one of them back to a host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray
+from aiohttp import web
+
+from coordinator.api import create_app
+from coordinator.executions import ExecutionService, SagaCatalog
+from coordinator.hosts import HostConfig
+from coordinator.invoker import Endpoint
+from coordinator.journal.base import Journal
+from coordinator.journal.factory import journal_from_url
+from coordinator.loader import Registry, ServiceConfig, load_registry, resolve_headers
+from coordinator.pool import HostPool
+
+log = logging.getLogger(__name__)
+DEFAULT_JOURNAL = "sqlite:///.sagaray/journal.db"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    sagas_dir: Path = Path("sagas")
+    services_file: Path = Path("services.yaml")
+    journal_url: str = DEFAULT_JOURNAL
+    ray_address: str | None = None
+    hosts: int | None = None
+    namespace: str = "sagaray"
+    jaeger_url: str | None = None
+    extra_sagas: tuple[Path, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Stack:
+    """A running control plane; ``close`` releases what ``build_stack`` took."""
+
+    registry: Registry
+    journal: Journal
+    pool: HostPool
+    service: ExecutionService
+    app: web.Application
+
+    async def close(self) -> None:
+        await self.journal.close()
+
+
+def endpoints_of(services: Mapping[str, ServiceConfig]) -> dict[str, Endpoint]:
+    # partial, not a lambda: it travels to Ray actors by pickle, and reads the
+    # environment of the host process at request time.
+    return {name: Endpoint(name, config.urls, partial(resolve_headers, config))
+            for name, config in services.items()}
+
+
+def init_ray(address: str | None, namespace: str) -> None:
+    """Join ``address`` (``auto`` for a running cluster) or start a local Ray."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, namespace=namespace, include_dashboard=False,
+             log_to_driver=False, logging_level=logging.WARNING)
+
+
+def pool_size(requested: int | None) -> int:
+    if requested:
+        return requested
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def load(options: ServeOptions) -> Registry:
+    registry = load_registry(options.sagas_dir, options.services_file)
+    for extra in options.extra_sagas:
+        more = load_registry(extra, options.services_file)
+        registry = Registry.of([*registry.all(), *more.all()], registry.services)
+    return registry
+
+
+async def build_stack(options: ServeOptions, registry: Registry | None = None) -> Stack:
+    registry = registry or load(options)
+    config = HostConfig(journal_url=options.journal_url, definitions=tuple(registry.all()),
+                        endpoints=endpoints_of(registry.services))
+    pool = HostPool(config, pool_size(options.hosts), namespace=options.namespace)
+    await pool.start()
+    journal = journal_from_url(options.journal_url)
+    await journal.open()
+    service = ExecutionService(SagaCatalog(list(registry.all())), journal, pool,
+                               jaeger_url=options.jaeger_url)
+
+    async def ready() -> dict[str, Any]:
+        await journal.ping()
+        stats = await asyncio.wait_for(pool.stats(), timeout=5)
+        return {"journal": "ok", "ray": "ok", "hosts": len(stats)}
+
+    app = create_app(service, ready=ready)
+    return Stack(registry, journal, pool, service, app)
+
+
+async def serve(options: ServeOptions) -> None:
+    """Run the API until SIGINT or SIGTERM."""
+    stack = await build_stack(options)
+    runner = web.AppRunner(stack.app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, options.host, options.port).start()
+    resumed = await stack.service.resume_all()
+    print(f"sagaray serving on http://{options.host}:{options.port} "
+          f"({len(stack.pool.names)} hosts, journal {mask(options.journal_url)}, "
+          f"{resumed} unfinished executions resumed)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await stack.close()
+
+
+def mask(url: str) -> str:
+    """The URL with any password replaced, for logs."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,89 @@
+"""Session-wide fixtures: one real Ray, real demo services on loopback, one real stack.
+
+Ray is started once per session (starting it costs seconds); each test isolates
+itself by its own executions and inputs instead of restarting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from blockbuster import BlockBuster, blockbuster_ctx
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_in_event_loop() -> Iterator[BlockBuster]:
+    """Fail any test in which our code blocks the event loop (file, socket, sleep)."""
+    with blockbuster_ctx(["coordinator", "services"]) as guard:
+        yield guard
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="sagaray-tests",
+             log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@dataclass
+class DemoStack:
+    url: str
+    services: dict[str, str]
+    stack: object
+    journal_path: Path
+
+
+@pytest.fixture(scope="session")
+async def demo_services() -> AsyncIterator[dict[str, str]]:
+    from services.runner import start_services
+
+    running = await start_services()
+    yield dict(running.urls)
+    await running.close()
+
+
+@pytest.fixture(scope="session")
+async def stack(
+    ray_session: None, demo_services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[DemoStack]:
+    """The whole coordinator on real Ray, with the API served on a free port."""
+    from aiohttp import web
+
+    from coordinator.server import ServeOptions, build_stack
+    from services.runner import write_services_file
+
+    base = tmp_path_factory.mktemp("stack")
+    services_file = base / "services.yaml"
+    await asyncio.to_thread(write_services_file, demo_services, services_file)
+    options = ServeOptions(
+        sagas_dir=ROOT / "sagas", services_file=services_file,
+        journal_url=f"sqlite:///{base / 'journal.db'}", hosts=2, namespace="sagaray-tests",
+        extra_sagas=(ROOT / "tests" / "sagas",),
+    )
+    built = await build_stack(options)
+    runner = web.AppRunner(built.app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield DemoStack(f"http://127.0.0.1:{port}", demo_services, built, base / "journal.db")
+    await runner.cleanup()
+    await built.close()
