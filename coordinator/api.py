@@ -11,11 +11,12 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from coordinator.errors import BadRequest, Retryable, SagarayError
 from coordinator.executions import MAX_WAIT_SECONDS, ExecutionService
@@ -42,9 +43,14 @@ _TRACEPARENT = re.compile(
 _PROBLEM_CORE = ("type", "title", "status", "detail", "instance")
 
 
-def create_app(service: ExecutionService, *, ready: ReadyCheck | None = None) -> web.Application:
-    """The API app; ``ready`` backs ``/readyz`` (check name -> "ok" or what is wrong)."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[problem_middleware])
+def create_app(service: ExecutionService, *, ready: ReadyCheck | None = None,
+               middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The API app; ``ready`` backs ``/readyz`` (check name -> "ok" or what is wrong).
+
+    ``middlewares`` run outside the problem middleware, so they see every final status.
+    """
+    app = web.Application(client_max_size=MAX_BODY_BYTES,
+                          middlewares=[*middlewares, problem_middleware])
     app[SERVICE] = service
     app[READY] = ready
     app[OPENAPI] = orjson.dumps(openapi_document())

@@ -140,6 +140,33 @@ def _run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _services_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="*", help="services to run (default: all)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--services-file", metavar="FILE",
+                        help="also write a services file for the bound URLs")
+
+
+def _run_services(args: argparse.Namespace) -> int:
+    from services.runner import run_all
+
+    run_all(args.host, names=args.names or None, services_file=args.services_file)
+    return EXIT_OK
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8080,
+                        help="API port (a free one is used when it is taken)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the coordinator and services up after the sagas end")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from coordinator.demo import main as demo_main
+
+    return demo_main(args.port, args.keep)
+
+
 CLIENT_COMMANDS: list[Command] = [
     Command("serve", "run the coordinator: HTTP API, journal and SagaHost pool on Ray",
             _serve_arguments, _run_serve),
@@ -148,4 +175,7 @@ CLIENT_COMMANDS: list[Command] = [
     Command("list", "list executions, newest first", _list_arguments, _run_list),
     Command("cancel", "cancel an execution (it compensates)", _id_arguments, _run_cancel),
     Command("resume", "resume a failed execution", _id_arguments, _run_resume),
+    Command("services", "run the demo microservices", _services_arguments, _run_services),
+    Command("demo", "local Ray, SQLite, demo services and sagas that succeed and compensate",
+            _demo_arguments, _run_demo),
 ]

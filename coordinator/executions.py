@@ -34,6 +34,8 @@ from coordinator.views import accepted_view, execution_view, summary_view
 
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60.0
+# Turns the caller's trace context into the one to journal (tracing names the saga's ids).
+TraceHook = Callable[[dict[str, str] | None], dict[str, str] | None]
 
 
 class SagaCatalog:
@@ -85,8 +87,10 @@ class ExecutionService:
         *,
         jaeger_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        saga_trace: TraceHook | None = None,
     ) -> None:
         self.catalog = catalog
+        self._saga_trace = saga_trace
         self.journal = journal
         self.pool = pool
         self._jaeger_url = jaeger_url
@@ -107,6 +111,8 @@ class ExecutionService:
         self.catalog.check_input(definition, value)
         now = self._clock()
         execution_id = uuid.uuid4().hex
+        if self._saga_trace is not None:
+            trace = self._saga_trace(trace)
         started = ev.ExecutionStarted(
             at=now, execution_id=execution_id, saga=definition.name,
             version=definition.version, input=value,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from coordinator.invoker import Endpoint, HttpInvoker
 from coordinator.journal.base import Journal
 from coordinator.journal.factory import journal_from_url
 from coordinator.runner import ExecutionRunner
+from coordinator.telemetry import adopt_otel_env, host_tracing
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class HostConfig:
     definitions: tuple[SagaDefinition, ...]
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     pool_size: int = 512
+    # The API's OTEL_* settings: a host on another node does not share its environment.
+    otel_env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,9 @@ class HostCore:
         self.placement = Placement(host_id, node_id)
         self._definitions = {(d.name, d.version): d for d in config.definitions}
         self._journal: Journal = journal_from_url(config.journal_url)
-        self._invoker = HttpInvoker(config.endpoints, pool_size=config.pool_size)
+        self._tracing = host_tracing(config.otel_env, config.definitions)
+        self._invoker = HttpInvoker(config.endpoints, pool_size=config.pool_size,
+                                    on_send=self._tracing.on_send if self._tracing else None)
         self._runners: dict[str, ExecutionRunner] = {}
         self._opened = False
         self._opening = asyncio.Lock()
@@ -77,6 +83,8 @@ class HostCore:
                 self._opened = True
 
     async def close(self) -> None:
+        if self._tracing is not None:
+            await self._tracing.aclose()
         await self._invoker.close()
         if self._opened:
             await self._journal.close()
@@ -110,8 +118,13 @@ class HostCore:
             return "not_found"
         if state.status != "failed":
             return "refused"
-        self._launch(definition, state, [ev.ResumeRequested(at=time.time())])
-        return "accepted"
+        runner = self._launch(definition, state, [ev.ResumeRequested(at=time.time())])
+        # Answer only once the resume is journaled, so a read right after sees it.
+        waiters = [asyncio.ensure_future(e.wait()) for e in (runner.opened, runner.finished)]
+        _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        return "accepted" if runner.opened.is_set() else "refused"
 
     async def wait(self, execution_id: str, timeout: float | None) -> bool:
         """True when the execution is not running here any more within ``timeout``."""
@@ -123,6 +136,19 @@ class HostCore:
         except TimeoutError:
             return False
         return True
+
+    async def recover(self) -> int:
+        """Resume the unfinished executions this host owned last (after it restarted)."""
+        await self._open()
+        resumed = 0
+        for row in await self._journal.non_terminal():
+            events = [stored.event for stored in await self._journal.read(row.execution_id)]
+            owners = [e.host for e in events if isinstance(e, ev.HostAssigned)]
+            if owners and owners[-1] == self.placement.host and row.execution_id not in \
+                    self._runners:
+                await self.start(row.execution_id, events)
+                resumed += 1
+        return resumed
 
     def stats(self) -> dict[str, Any]:
         return {**self.placement.as_dict(), "running": len(self._runners),
@@ -159,19 +185,40 @@ class HostCore:
     ) -> ExecutionRunner:
         placement = ev.HostAssigned(at=time.time(), host=self.placement.host,
                                     node_id=self.placement.node_id)
-        runner = ExecutionRunner(definition, state, self._journal, self._invoker,
-                                 opening=[placement, *opening])
+        runner = ExecutionRunner(
+            definition, state, self._journal, self._invoker, opening=[placement, *opening],
+            around_attempt=self._tracing.around_attempt if self._tracing else None)
         self._runners[state.execution_id] = runner
         self.started += 1
-        task = asyncio.get_running_loop().create_task(runner.run())
+        task = asyncio.get_running_loop().create_task(self._drive(runner))
         task.add_done_callback(lambda done: self._forget(state.execution_id, done))
         return runner
+
+    async def _drive(self, runner: ExecutionRunner) -> ExecutionState:
+        state = await runner.run()
+        if self._tracing is not None and state.terminal and not runner.fenced_out:
+            # Registered before this task ends, so close() (a dedicated host's exit) waits.
+            self._tracing.execution_ended(state, lambda: self._history(state.execution_id))
+        return state
+
+    async def _history(self, execution_id: str) -> list[ev.Event]:
+        return [stored.event for stored in await self._journal.read(execution_id)]
 
     def _forget(self, execution_id: str, task: asyncio.Task[ExecutionState]) -> None:
         self._runners.pop(execution_id, None)
         self.finished += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("runner of %s stopped: %r", execution_id, task.exception())
+
+
+def _restarted() -> bool:
+    """True in an actor that Ray restarted after its process died."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray's own property warns about its internals
+            return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:
+        return False
 
 
 def _node_id() -> str | None:
@@ -186,7 +233,12 @@ class SagaHost:
     """A long-lived async actor running many executions (``placement: shared``)."""
 
     def __init__(self, host_id: str, config: HostConfig) -> None:
+        adopt_otel_env(config.otel_env)
         self.core = HostCore(host_id, config, _node_id())
+        self._recovery: asyncio.Task[int] | None = None
+        if _restarted():
+            # Ray runs an async actor's __init__ on its event loop.
+            self._recovery = asyncio.get_running_loop().create_task(self.core.recover())
 
     async def start(self, execution_id: str, events: list[ev.Event] | None = None
                     ) -> dict[str, str | None]:
@@ -210,6 +262,7 @@ class DedicatedHost:
     """One execution in its own actor (``placement: dedicated``); exits when it ends."""
 
     def __init__(self, host_id: str, config: HostConfig) -> None:
+        adopt_otel_env(config.otel_env)
         self.core = HostCore(host_id, config, _node_id())
 
     async def start(self, execution_id: str, events: list[ev.Event] | None = None

@@ -25,6 +25,9 @@ from coordinator.core.commands import HttpRequest
 from coordinator.core.outcomes import Reply
 
 log = logging.getLogger(__name__)
+# Called with the URL and the headers just before a request leaves; it may add
+# headers (tracing adds ``traceparent``) and must not keep them: they hold secrets.
+SendHook = Callable[[str, dict[str, str]], None]
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,11 @@ class Endpoint:
 
 
 class HttpInvoker:
-    def __init__(self, endpoints: Mapping[str, Endpoint], *, pool_size: int = 512) -> None:
+    def __init__(self, endpoints: Mapping[str, Endpoint], *, pool_size: int = 512,
+                 on_send: SendHook | None = None) -> None:
         self._endpoints = dict(endpoints)
         self._pool_size = pool_size
+        self._on_send = on_send
         self._session: aiohttp.ClientSession | None = None
         self._next: dict[str, int] = {}
 
@@ -69,9 +74,12 @@ class HttpInvoker:
             headers = {**request.headers, **endpoint.headers(),
                        "Idempotency-Key": request.idempotency_key}
         except KeyError as missing:
-            return Reply(failure="connection_refused",
-                         error=f"service {request.service!r}: environment variable {missing} unset")
-        return await self._send(request, self._url(request), headers)
+            # Names the service, header and variable; never a value.
+            return Reply(failure="connection_refused", error=str(missing))
+        url = self._url(request)
+        if self._on_send is not None:
+            self._on_send(url, headers)
+        return await self._send(request, url, headers)
 
     async def _send(self, request: HttpRequest, url: str, headers: dict[str, str]) -> Reply:
         session = await self._client()

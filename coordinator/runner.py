@@ -87,6 +87,7 @@ class ExecutionRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.finished = asyncio.Event()
+        self.opened = asyncio.Event()  # set once the opening events are durable
         self.fenced_out = False
 
     @property
@@ -112,6 +113,7 @@ class ExecutionRunner:
             first = [*self._opening, *interrupted(self.state, self._clock())]
             if first:
                 await self._write(first)
+            self.opened.set()
             while not self.state.terminal:
                 if not await self._step():
                     await self._wait()

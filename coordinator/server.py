@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from aiohttp import web
@@ -28,6 +28,10 @@ from coordinator.journal.base import Journal
 from coordinator.journal.factory import journal_from_url
 from coordinator.loader import Registry, ServiceConfig, load_registry, resolve_headers
 from coordinator.pool import HostPool
+from coordinator.telemetry import api_tracing, otel_env
+
+if TYPE_CHECKING:
+    from coordinator.telemetry.http import ApiTracing
 
 log = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "sqlite:///.sagaray/journal.db"
@@ -45,6 +49,8 @@ class ServeOptions:
     namespace: str = "sagaray"
     jaeger_url: str | None = None
     extra_sagas: tuple[Path, ...] = field(default_factory=tuple)
+    # OTEL_* settings for the API and the hosts; None reads them from the environment.
+    otel_env: Mapping[str, str] | None = None
 
 
 @dataclass
@@ -56,9 +62,12 @@ class Stack:
     pool: HostPool
     service: ExecutionService
     app: web.Application
+    tracing: ApiTracing | None = None
 
     async def close(self) -> None:
         await self.journal.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
 
 def endpoints_of(services: Mapping[str, ServiceConfig]) -> dict[str, Endpoint]:
@@ -92,22 +101,25 @@ def load(options: ServeOptions) -> Registry:
 
 async def build_stack(options: ServeOptions, registry: Registry | None = None) -> Stack:
     registry = registry or load(options)
+    otel = otel_env(options.otel_env)
     config = HostConfig(journal_url=options.journal_url, definitions=tuple(registry.all()),
-                        endpoints=endpoints_of(registry.services))
+                        endpoints=endpoints_of(registry.services), otel_env=otel)
     pool = HostPool(config, pool_size(options.hosts), namespace=options.namespace)
     await pool.start()
     journal = journal_from_url(options.journal_url)
     await journal.open()
+    tracing = api_tracing(otel)
     service = ExecutionService(SagaCatalog(list(registry.all())), journal, pool,
-                               jaeger_url=options.jaeger_url)
+                               jaeger_url=options.jaeger_url,
+                               saga_trace=tracing.saga_trace if tracing else None)
 
     async def ready() -> dict[str, Any]:
         await journal.ping()
         stats = await asyncio.wait_for(pool.stats(), timeout=5)
         return {"journal": "ok", "ray": "ok", "hosts": len(stats)}
 
-    app = create_app(service, ready=ready)
-    return Stack(registry, journal, pool, service, app)
+    app = create_app(service, ready=ready, middlewares=[tracing.middleware] if tracing else ())
+    return Stack(registry, journal, pool, service, app, tracing)
 
 
 async def serve(options: ServeOptions) -> None:

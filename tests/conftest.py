@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 ROOT = Path(__file__).resolve().parents[1]
+# The flights service demands this token and the coordinator sends it from the
+# environment; set before Ray starts so the SagaHost processes inherit it.
+os.environ.setdefault("FLIGHTS_TOKEN", secrets.token_hex(16))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

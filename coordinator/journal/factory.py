@@ -3,20 +3,32 @@
 - ``sqlite:///relative/path.db`` and ``sqlite:////abs/path.db`` (SQLAlchemy style),
   optionally with ``?batch_window=0.002&busy_timeout=10``;
 - a bare filesystem path, e.g. ``.sagaray/journal.db``;
-- ``postgresql://...``: not available yet (see :func:`_postgres_journal`).
+- ``postgresql://user:password@host:port/dbname`` (or ``postgres://``), optionally with
+  ``?max_size=10&min_size=1&batch_window=0&connect_timeout=10&command_timeout=30``;
+  any other query parameter goes to asyncpg/libpq (``sslmode=require``) or, when
+  neither knows it, to the server as a session setting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from coordinator.journal.base import Journal, JournalError
+from coordinator.journal.postgres import PostgresJournal
 from coordinator.journal.sqlite import SQLiteJournal
 
 _SQLITE_PREFIX = "sqlite:///"
 _SQLITE_OPTIONS = frozenset({"batch_window", "busy_timeout"})
+_POSTGRES_OPTIONS: dict[str, type[int] | type[float]] = {
+    "min_size": int,
+    "max_size": int,
+    "batch_window": float,
+    "connect_timeout": float,
+    "command_timeout": float,
+}
 
 
 class UnsupportedJournal(JournalError, NotImplementedError):
@@ -74,10 +86,24 @@ def _sqlite_journal(path: Path, options: dict[str, float]) -> SQLiteJournal:
 
 
 def _postgres_journal(url: str) -> Journal:
-    # Hook for the PostgreSQL store: replace this body with its constructor.
-    raise UnsupportedJournal(
-        f"the PostgreSQL journal is not implemented yet ({_redact(url)}); use a sqlite:/// URL"
-    )
+    parts = urlsplit(url)
+    options: dict[str, Any] = {}
+    passed_on: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        kind = _POSTGRES_OPTIONS.get(name)
+        if kind is None:
+            passed_on.append((name, value))
+            continue
+        try:
+            options[name] = kind(value)
+        except ValueError as exc:
+            expected = "an integer" if kind is int else "a number"
+            raise ValueError(
+                f"option {name!r} in journal URL {_redact(url)!r} is not {expected}"
+            ) from exc
+    # asyncpg knows postgresql:// and postgres:// alike; our own options are not its business.
+    dsn = parts._replace(query=urlencode(passed_on)).geturl()
+    return PostgresJournal(dsn, **options)
 
 
 def _redact(url: str) -> str:

@@ -9,8 +9,6 @@ touches a connection.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import sqlite3
 import threading
 import time
@@ -34,6 +32,7 @@ from coordinator.journal.base import (
     SequenceConflict,
     StoredEvent,
 )
+from coordinator.journal.cursor import decode_cursor, encode_cursor
 from coordinator.journal.sqlite_db import connect, migrate, retry_busy, unavailable
 from coordinator.journal.sqlite_writer import GroupCommitWriter, WriteStats
 
@@ -227,26 +226,6 @@ class _ReaderPool:
             for conn in self._conns:
                 conn.close()
             self._conns.clear()
-
-
-# -- cursor -------------------------------------------------------------------
-
-
-def encode_cursor(row: ExecutionRow) -> str:
-    # repr() round-trips floats exactly, which the keyset comparison needs.
-    raw = f"{row.created_at!r}|{row.execution_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, sep, execution_id = raw.partition("|")
-        if not sep:
-            raise ValueError("no separator")
-        return float(created_at), execution_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ValueError(f"invalid cursor {cursor!r}") from exc
 
 
 # -- SQL, run on the writer or a reader thread ---------------------------------

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.journal.base import JournalError
-from coordinator.journal.factory import UnsupportedJournal, journal_from_url
+from coordinator.journal.factory import journal_from_url
+from coordinator.journal.postgres import PostgresJournal
 from coordinator.journal.sqlite import SQLiteJournal
 
 
@@ -63,14 +63,18 @@ def test_sqlite_url_without_a_file(url: str) -> None:
         journal_from_url(url)
 
 
-def test_postgresql_is_not_available_yet() -> None:
-    url = "postgresql://sagaray:s3cret@db.internal:5432/sagaray"
-    with pytest.raises(UnsupportedJournal) as caught:
-        journal_from_url(url)
-    assert isinstance(caught.value, JournalError)
-    assert isinstance(caught.value, NotImplementedError)
-    assert "s3cret" not in str(caught.value)
-    assert "db.internal" in str(caught.value)
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_postgresql_url_builds_without_connecting(scheme: str) -> None:
+    journal = journal_from_url(f"{scheme}://sagaray:s3cret@db.internal:5433/sagaray?max_size=4")
+    assert isinstance(journal, PostgresJournal)
+    assert journal.target.name == "db.internal:5433/sagaray"  # what messages call it
+    assert "s3cret" not in journal.target.name
+    for url, name in (
+        ("postgresql://db.internal/j", "db.internal:5432/j"),
+        ("postgresql:///j?host=/run/postgresql&port=5433", "/run/postgresql:5433/j"),
+    ):
+        other = journal_from_url(url)
+        assert isinstance(other, PostgresJournal) and other.target.name == name
 
 
 def test_unknown_scheme_names_the_url() -> None:
