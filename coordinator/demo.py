@@ -157,14 +157,18 @@ def _report(scenarios: list[Scenario], trackers: list[Tracker],
     return all_as_expected
 
 
+def _fresh_workdir() -> None:
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+    WORKDIR.mkdir(parents=True)
+
+
 async def run_demo(port: int = 8080, keep: bool = False) -> int:
     from services.runner import start_services, write_services_file
 
-    shutil.rmtree(WORKDIR, ignore_errors=True)
-    WORKDIR.mkdir(parents=True)
+    await asyncio.to_thread(_fresh_workdir)
     running = await start_services()
     services_file = WORKDIR / "services.yaml"
-    write_services_file(running.urls, services_file)
+    await asyncio.to_thread(write_services_file, running.urls, services_file)
     print("demo services: " + ", ".join(f"{n} {u}" for n, u in running.urls.items()))
     options = ServeOptions(services_file=services_file, hosts=2,
                            journal_url=f"sqlite:///{WORKDIR / 'journal.db'}",

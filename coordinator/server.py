@@ -100,7 +100,7 @@ def load(options: ServeOptions) -> Registry:
 
 
 async def build_stack(options: ServeOptions, registry: Registry | None = None) -> Stack:
-    registry = registry or load(options)
+    registry = registry or await asyncio.to_thread(load, options)
     otel = otel_env(options.otel_env)
     config = HostConfig(journal_url=options.journal_url, definitions=tuple(registry.all()),
                         endpoints=endpoints_of(registry.services), otel_env=otel)
@@ -116,7 +116,7 @@ async def build_stack(options: ServeOptions, registry: Registry | None = None) -
     async def ready() -> dict[str, Any]:
         await journal.ping()
         stats = await asyncio.wait_for(pool.stats(), timeout=5)
-        return {"journal": "ok", "ray": "ok", "hosts": len(stats)}
+        return {"journal": "ok", "ray": "ok", "hosts": "ok" if stats else "none answered"}
 
     app = create_app(service, ready=ready, middlewares=[tracing.middleware] if tracing else ())
     return Stack(registry, journal, pool, service, app, tracing)

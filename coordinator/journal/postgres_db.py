@@ -12,12 +12,14 @@ from coordinator.journal.base import JournalError, JournalUnavailable
 
 # Applied in order, each in the same transaction as its schema_version row; never
 # edit a released entry, append a new one (e.g. ``ALTER TABLE executions ADD COLUMN ...``).
-# Same tables and columns as the SQLite store (``sqlite_db.MIGRATIONS``).
+# Same tables and columns as the SQLite store (``sqlite_db.MIGRATIONS``), except:
+# - ids are COLLATE "C": they sort bytewise, as in SQLite, whatever the database's
+#   locale, and listing ties and cursors depend on that order;
+# - events.data is TEXT, not JSONB: the exact JSON we wrote comes back, where JSONB
+#   rejects the escape \u0000 (which a step's output may well contain).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE executions (
-        -- COLLATE "C": ids order bytewise, as in SQLite, whatever the database locale;
-        -- listing ties and cursors depend on that order.
         execution_id    TEXT COLLATE "C" PRIMARY KEY,
         saga            TEXT NOT NULL,
         version         INTEGER NOT NULL,
@@ -44,8 +46,6 @@ MIGRATIONS: tuple[str, ...] = (
         seq          BIGINT NOT NULL,
         type         TEXT NOT NULL,
         at           DOUBLE PRECISION NOT NULL,
-        -- TEXT, not JSONB: the exact JSON we wrote comes back (JSONB rejects the
-        -- escape \\u0000, which a step's output may well contain); cast for ad-hoc queries.
         data         TEXT NOT NULL,
         PRIMARY KEY (execution_id, seq)
     );

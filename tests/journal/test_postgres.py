@@ -193,6 +193,23 @@ async def test_use_before_open_and_after_close(pg_url: str) -> None:
         await journal.open()
 
 
+async def test_a_stuck_write_times_out_as_unavailable(pg_url: str) -> None:
+    async with PostgresJournal(pg_url, command_timeout=0.5) as journal:
+        await create(journal, "h")
+        blocker = await asyncpg.connect(pg_url)
+        try:
+            # Another session holds the row: the append waits like on a hung server.
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("SELECT 1 FROM executions WHERE execution_id = 'h' FOR UPDATE")
+            with pytest.raises(JournalUnavailable, match="TimeoutError"):
+                await journal.append("h", 1, [step(1)])
+            await tx.rollback()
+        finally:
+            await blocker.close()
+        assert await journal.append("h", 1, [step(1)]) == 2
+
+
 # -- URLs ---------------------------------------------------------------------------
 
 
