@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/sagaray demo
 
 test: $(STAMP)
+	./scripts/ensure-postgres.sh
 	$(BIN)/ruff check coordinator services tests
 	$(BIN)/mypy
 	$(BIN)/pytest -q

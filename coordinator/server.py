@@ -100,7 +100,8 @@ def load(options: ServeOptions) -> Registry:
 
 
 async def build_stack(options: ServeOptions, registry: Registry | None = None) -> Stack:
-    registry = registry or await asyncio.to_thread(load, options)
+    if registry is None:
+        registry = await asyncio.to_thread(load, options)
     otel = otel_env(options.otel_env)
     config = HostConfig(journal_url=options.journal_url, definitions=tuple(registry.all()),
                         endpoints=endpoints_of(registry.services), otel_env=otel)
