@@ -125,6 +125,9 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SagaHost actors in the pool (default: the cluster's CPU count)")
     parser.add_argument("--namespace", default=env("SAGARAY_NAMESPACE", "sagaray"))
     parser.add_argument("--jaeger-url", default=env("SAGARAY_JAEGER_URL"))
+    parser.add_argument("--lease-seconds", type=float,
+                        default=float(env("SAGARAY_LEASE_SECONDS", "10")),
+                        help="how long a host owns an execution without renewing (default 10)")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -134,7 +137,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, sagas_dir=Path(args.sagas),
         services_file=Path(args.services), journal_url=args.journal,
         ray_address=args.ray_address, hosts=args.hosts, namespace=args.namespace,
-        jaeger_url=args.jaeger_url)
+        jaeger_url=args.jaeger_url, lease_seconds=args.lease_seconds)
     init_ray(options.ray_address, options.namespace)
     asyncio.run(serve(options))
     return EXIT_OK

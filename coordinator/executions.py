@@ -177,7 +177,7 @@ class ExecutionService:
         definition, state = await self.state(execution_id)
         if not can_cancel(definition, state):
             raise Conflict(_refusal("cancel", state, definition))
-        answer = await self._on_host(definition, execution_id, "cancel", reason)
+        answer = await self._on_host(definition, state, "cancel", reason)
         if answer != "accepted":
             _, state = await self.state(execution_id)
             raise Conflict(_refusal("cancel", state, definition))
@@ -188,7 +188,7 @@ class ExecutionService:
         if state.status != "failed":
             raise Conflict(f"execution {execution_id} is {state.status}; only a failed "
                            "execution can be resumed")
-        answer = await self._on_host(definition, execution_id, "resume")
+        answer = await self._on_host(definition, state, "resume")
         if answer != "accepted":
             raise Conflict(f"execution {execution_id} could not be resumed ({answer})")
         return await self.get(execution_id)
@@ -200,7 +200,8 @@ class ExecutionService:
         definition, state = await self.state(execution_id)
         while not state.terminal and (left := deadline - self._clock()) > 0:
             try:
-                await self.pool.call(definition.placement, execution_id, "wait", left)
+                await self.pool.call(definition.placement, execution_id, "wait", left,
+                                     owner=state.host)
             except Exception:
                 log.debug("wait on host failed for %s; polling", execution_id, exc_info=True)
             definition, state = await self.state(execution_id)
@@ -210,21 +211,30 @@ class ExecutionService:
 
     async def resume_all(self) -> int:
         """Hand every non-terminal execution to its host (at ``serve`` start)."""
-        rows = await self._journaled(self.journal.non_terminal())
+        now = self._clock()
+        rows = [row for row in await self._journaled(self.journal.non_terminal())
+                if row.owner is None or (row.lease_until or 0.0) < now]
         for row in rows:
             self._dispatch(self.catalog.get(row.saga, row.version), row.execution_id, None)
         return len(rows)
 
-    async def _on_host(self, definition: SagaDefinition, execution_id: str, method: str,
+    async def _on_host(self, definition: SagaDefinition, state: ExecutionState, method: str,
                        *args: Any) -> Any:
+        execution_id = state.execution_id
         try:
-            return await self.pool.call(definition.placement, execution_id, method, *args)
+            answer = await self.pool.call(definition.placement, execution_id, method, *args,
+                                          owner=state.host)
         except Exception as error:
             # A host that died or restarts answers nothing now; the journal keeps the
             # execution, so the caller may simply try again.
             log.warning("host call %s(%s) failed: %r", method, execution_id, error)
             raise Retryable(f"the host of execution {execution_id} did not answer; "
                             "try again shortly", retry_after=1.0) from error
+        if answer == "owned_elsewhere":
+            # Ownership is moving between hosts (a lease being taken over).
+            raise Retryable(f"execution {execution_id} is changing hosts; try again shortly",
+                            retry_after=1.0)
+        return answer
 
     async def _journaled(self, call: Any) -> Any:
         try:

@@ -9,9 +9,7 @@ named after the execution so any API process can find it again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -21,17 +19,10 @@ from ray.exceptions import RayActorError
 from coordinator.core import events as ev
 from coordinator.core.definition import Placement as PlacementKind
 from coordinator.hosts import DedicatedHost, HostConfig, SagaHost
+from coordinator.pool_hashing import rendezvous
+from coordinator.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
-
-
-def rendezvous(key: str, hosts: Sequence[str]) -> int:
-    """Index of the host with the highest hash weight for ``key``."""
-    def weight(host: str) -> int:
-        digest = hashlib.blake2b(f"{host}|{key}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big")
-
-    return max(range(len(hosts)), key=lambda index: weight(hosts[index]))
 
 
 class HostPool:
@@ -43,13 +34,14 @@ class HostPool:
         self._namespace = namespace
         self._names = [f"{namespace}-host-{index}" for index in range(size)]
         self._hosts: list[ActorHandle] = []
+        self._supervisor: ActorHandle | None = None
 
     @property
     def names(self) -> list[str]:
         return list(self._names)
 
     async def start(self) -> None:
-        """Create (or attach to) the hosts and wait until each answers."""
+        """Create (or attach to) the hosts and the supervisor; wait until each answers."""
         self._hosts = [
             SagaHost.options(  # type: ignore[attr-defined]
                 name=name, namespace=self._namespace, get_if_exists=True,
@@ -58,6 +50,12 @@ class HostPool:
             for name in self._names
         ]
         await asyncio.gather(*(host.stats.remote() for host in self._hosts))
+        self._supervisor = Supervisor.options(  # type: ignore[attr-defined]
+            name=f"{self._namespace}-supervisor", namespace=self._namespace,
+            get_if_exists=True, lifetime="detached",
+        ).remote(self._config.journal_url, self._names, self._namespace,
+                 interval=self._config.lease_seconds / 4, grace=self._config.lease_seconds)
+        await self._supervisor.stats.remote()
 
     def host_for(self, execution_id: str) -> ActorHandle:
         return self._hosts[rendezvous(execution_id, self._names)]
@@ -75,9 +73,13 @@ class HostPool:
         return dict(await self.host_for(execution_id).start.remote(execution_id, events))
 
     async def call(self, placement: PlacementKind, execution_id: str, method: str,
-                   *args: Any) -> Any:
-        """Call ``method`` on the actor that runs (or would run) the execution."""
-        actor = await self._owner(placement, execution_id)
+                   *args: Any, owner: str | None = None) -> Any:
+        """Call ``method`` on the actor that runs (or would run) the execution.
+
+        ``owner`` is the host the journal last recorded; it is asked first so a
+        cancel reaches the runner that holds the lease.
+        """
+        actor = await self._owner(placement, execution_id, owner)
         try:
             return await getattr(actor, method).remote(execution_id, *args)
         except RayActorError:
@@ -86,7 +88,10 @@ class HostPool:
             # The dedicated actor ended with its execution: a shared host can load it.
             return await getattr(self.host_for(execution_id), method).remote(execution_id, *args)
 
-    async def _owner(self, placement: PlacementKind, execution_id: str) -> ActorHandle:
+    async def _owner(self, placement: PlacementKind, execution_id: str,
+                     owner: str | None) -> ActorHandle:
+        if owner in self._names:
+            return self._hosts[self._names.index(owner)]
         if placement == "dedicated":
             name = self._dedicated_name(execution_id)
             try:
@@ -102,7 +107,13 @@ class HostPool:
     async def stats(self) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(host.stats.remote() for host in self._hosts)))
 
+    async def supervisor_stats(self) -> dict[str, int]:
+        if self._supervisor is None:
+            return {}
+        return dict(await self._supervisor.stats.remote())
+
     def shutdown(self) -> None:
-        for host in self._hosts:
-            ray.kill(host)
-        self._hosts = []
+        for actor in [*self._hosts, self._supervisor]:
+            if actor is not None:
+                ray.kill(actor)
+        self._hosts, self._supervisor = [], None

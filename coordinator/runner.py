@@ -39,6 +39,18 @@ class Invoker(Protocol):
     async def invoke(self, request: HttpRequest) -> Reply: ...
 
 
+# Named points where tests inject a hard crash (see ``faults.FaultPoints``).
+Checkpoint = Callable[[str], None]
+AFTER_STEP_STARTED = "after_step_started"
+AFTER_REPLY = "after_reply"
+DURING_COMPENSATION = "during_compensation"
+AFTER_FINAL_EVENT = "after_final_event"
+
+
+def _no_checkpoint(_: str) -> None:
+    return None
+
+
 class AttemptHook(Protocol):
     """Wraps each send, e.g. in a tracing span; must return the invoker's reply."""
 
@@ -61,6 +73,7 @@ class _Control:
 
 
 _TICK = object()
+_ABANDON = object()
 JOURNAL_RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -75,6 +88,8 @@ class ExecutionRunner:
         clock: Clock = time.time,
         opening: list[ev.Event] | None = None,
         around_attempt: AttemptHook | None = None,
+        fence: int | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -83,6 +98,8 @@ class ExecutionRunner:
         self._clock = clock
         self._opening = list(opening or [])
         self._around_attempt = around_attempt
+        self.fence = fence
+        self._checkpoint = checkpoint or _no_checkpoint
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,6 +117,11 @@ class ExecutionRunner:
 
     async def resume(self) -> bool:
         return await self._control("resume", None)
+
+    def abandon(self) -> None:
+        """Stop without writing more: another host owns the execution now."""
+        self.fenced_out = True
+        self._inbox.put_nowait(_ABANDON)
 
     async def _control(self, kind: str, reason: str | None) -> bool:
         if self.finished.is_set():
@@ -141,6 +163,11 @@ class ExecutionRunner:
             self._arm_timer(wake)
             return False
         await self._write(events)
+        if sends:
+            compensating = any(c.phase == "compensation" for c in sends)
+            self._checkpoint(DURING_COMPENSATION if compensating else AFTER_STEP_STARTED)
+        if self.state.terminal:
+            self._checkpoint(AFTER_FINAL_EVENT)
         for command in sends:
             self._spawn(command)
         return True
@@ -150,8 +177,11 @@ class ExecutionRunner:
         batch = [message]
         while not self._inbox.empty():
             batch.append(self._inbox.get_nowait())
+        if _ABANDON in batch:
+            raise _Stop()
         replies = [m for m in batch if isinstance(m, _Replied)]
         if replies:
+            self._checkpoint(AFTER_REPLY)
             await self._write([self._judge(m) for m in replies])
         for control in (m for m in batch if isinstance(m, _Control)):
             await self._apply_control(control)
@@ -206,16 +236,18 @@ class ExecutionRunner:
         after = self.state.last_seq - len(events)
         for delay in (*JOURNAL_RETRY_SECONDS, None):
             try:
-                await self._journal.append(self.execution_id, after, events, self.state.status)
+                await self._journal.append(self.execution_id, after, events, self.state.status,
+                                           fence=self.fence)
                 return
             except JournalUnavailable:
                 if delay is None:
                     raise
                 log.warning("journal unavailable for %s; retrying in %ss", self.execution_id, delay)
                 await asyncio.sleep(delay)
-            except Exception:
-                # Most likely a sequence conflict: another host owns the execution now.
-                log.exception("journal append refused for %s; stopping", self.execution_id)
+            except Exception as error:
+                # A stale fence or a sequence conflict: another host owns the execution now.
+                log.warning("journal append refused for %s (%r); stopping",
+                            self.execution_id, error)
                 self.fenced_out = True
                 raise _Stop() from None
 

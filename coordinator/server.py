@@ -26,6 +26,7 @@ from coordinator.hosts import HostConfig
 from coordinator.invoker import Endpoint
 from coordinator.journal.base import Journal
 from coordinator.journal.factory import journal_from_url
+from coordinator.leases import DEFAULT_LEASE_SECONDS
 from coordinator.loader import Registry, ServiceConfig, load_registry, resolve_headers
 from coordinator.pool import HostPool
 from coordinator.telemetry import api_tracing, otel_env
@@ -51,6 +52,8 @@ class ServeOptions:
     extra_sagas: tuple[Path, ...] = field(default_factory=tuple)
     # OTEL_* settings for the API and the hosts; None reads them from the environment.
     otel_env: Mapping[str, str] | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    fault_points: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,7 +107,9 @@ async def build_stack(options: ServeOptions, registry: Registry | None = None) -
         registry = await asyncio.to_thread(load, options)
     otel = otel_env(options.otel_env)
     config = HostConfig(journal_url=options.journal_url, definitions=tuple(registry.all()),
-                        endpoints=endpoints_of(registry.services), otel_env=otel)
+                        endpoints=endpoints_of(registry.services), otel_env=otel,
+                        lease_seconds=options.lease_seconds,
+                        fault_points=dict(options.fault_points))
     pool = HostPool(config, pool_size(options.hosts), namespace=options.namespace)
     await pool.start()
     journal = journal_from_url(options.journal_url)

@@ -8,12 +8,17 @@ Contract (checked by ``tests/journal/test_contract.py`` against every store):
   transaction; with an idempotency key, a second create for the same
   ``(saga, key)`` stores nothing and returns the existing execution.
 - An append returns only after its events are durable (fsynced).
+- Every non-terminal execution may have an owner (a host id) holding a lease
+  until ``lease_until``. Each ``claim`` increments the execution's ``fence``;
+  an append that carries a fence other than the current one raises
+  :class:`FencedOut` and stores nothing, so a host paused past its lease cannot
+  write once another host (or its own restarted incarnation) claimed it.
 - Payloads are JSON, never pickle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -61,6 +66,8 @@ class ExecutionRow:
     idempotency_key: str | None = None
     request_hash: str | None = None
     owner: str | None = None
+    lease_until: float | None = None
+    fence: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +101,18 @@ class Journal(Protocol):
     async def close(self) -> None: ...
 
     async def create_execution(
-        self, execution: NewExecution, events: Sequence[Event]
-    ) -> CreateResult: ...
+        self,
+        execution: NewExecution,
+        events: Sequence[Event],
+        owner: str | None = None,
+        lease_until: float | None = None,
+    ) -> CreateResult:
+        """Create the execution; with ``owner`` (and ``lease_until``) it starts claimed, fence 1.
+
+        ``owner`` and ``lease_until`` go together (ValueError otherwise). A create
+        answered by an existing idempotency key leaves that execution's owner alone.
+        """
+        ...
 
     async def append(
         self,
@@ -103,11 +120,45 @@ class Journal(Protocol):
         after_seq: int,
         events: Sequence[Event],
         status: ExecutionStatus | None = None,
+        fence: int | None = None,
     ) -> int:
         """Store ``events`` as ``after_seq + 1 ...``; set the row's status when given.
 
-        Returns the new last sequence number. Raises :class:`SequenceConflict`
-        when ``after_seq`` is no longer the last sequence of the execution.
+        Returns the new last sequence number. With ``fence``, the write happens only
+        if it is still the execution's fence: otherwise :class:`FencedOut` (checked
+        first, whatever the sequence). Raises :class:`SequenceConflict` when
+        ``after_seq`` is no longer the last sequence of the execution. A terminal
+        ``status`` also clears the owner and the lease.
+        """
+        ...
+
+    async def claim(
+        self, execution_id: str, owner: str, lease_until: float, now: float
+    ) -> int | None:
+        """Own a non-terminal execution that is unowned, expired or already ``owner``'s.
+
+        Returns the new fence (incremented on every claim, even by the same owner,
+        so that a restarted host fences out its former incarnation), or None when
+        another owner's lease is live at ``now``, the execution is terminal or unknown.
+        """
+        ...
+
+    async def renew(self, owner: str, fences: Mapping[str, int], lease_until: float) -> set[str]:
+        """Extend to ``lease_until`` the leases ``owner`` still holds with these fences.
+
+        One write for the whole mapping (execution id -> fence); returns the ids
+        renewed. The others were claimed by someone else, released or ended.
+        """
+        ...
+
+    async def release(self, execution_id: str, owner: str, fence: int) -> None:
+        """Clear the owner and lease if ``owner`` still holds them with ``fence``."""
+        ...
+
+    async def expired(self, now: float, limit: int = 500) -> list[ExecutionRow]:
+        """Non-terminal executions with no owner or a lease ended before ``now``.
+
+        Unowned ones first, then by oldest lease (ties by creation, then id).
         """
         ...
 
@@ -132,3 +183,33 @@ class Journal(Protocol):
     async def ping(self) -> None:
         """Raise :class:`JournalUnavailable` when the store does not answer."""
         ...
+
+
+def initial_fence(owner: str | None, lease_until: float | None) -> int:
+    """The fence of a new execution: 1 when created owned, as if claimed; checks the pair."""
+    # An owner without a lease could never be taken over, and a lease without an owner
+    # means nothing; the stores keep both NULL or both set, which expired() relies on.
+    if (owner is None) != (lease_until is None):
+        raise ValueError(
+            f"owner and lease_until go together, got owner={owner!r}, lease_until={lease_until!r}"
+        )
+    return 0 if owner is None else 1
+
+
+def append_refusal(
+    execution_id: str, after_seq: int, fence: int | None, found: Sequence[Any] | None
+) -> JournalError:
+    """Why an append matched no row, given that row's ``(last_seq, fence)`` (None: no row)."""
+    if found is None:
+        return JournalError(f"unknown execution {execution_id}")
+    last_seq, current = found
+    # The fence first: a stale owner must stop for good, where a sequence conflict
+    # only tells a current owner to read the history back.
+    if fence is not None and current != fence:
+        return FencedOut(
+            f"execution {execution_id}: fence {fence} is stale, the execution's fence is"
+            f" {current} (another owner claimed it)"
+        )
+    return SequenceConflict(
+        f"execution {execution_id}: append after seq {after_seq}, but the last seq is {last_seq}"
+    )

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, cast, get_args
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
 from coordinator.core.events import Event, event_from_json
+from coordinator.journal import postgres_sql as sql
 from coordinator.journal.base import (
-    TERMINAL_STATUSES,
     CreateResult,
     ExecutionRow,
     ExecutionStatus,
@@ -27,10 +27,11 @@ from coordinator.journal.base import (
     NewExecution,
     Page,
     StoredEvent,
+    initial_fence,
 )
 from coordinator.journal.cursor import decode_cursor, encode_cursor
 from coordinator.journal.postgres_db import Target, is_unavailable, migrate
-from coordinator.journal.postgres_sql import ROW_COLUMNS, append, create, event_columns, to_row
+from coordinator.journal.postgres_sql import ROW_COLUMNS, event_columns, to_row
 from coordinator.journal.postgres_writer import GroupCommitWriter, WriteStats
 
 T = TypeVar("T")
@@ -38,9 +39,6 @@ T = TypeVar("T")
 # appends losable, so sessions ask for "on" (a WAL flush before COMMIT returns).
 _SESSION_DEFAULTS = {"application_name": "sagaray-journal", "synchronous_commit": "on"}
 _NEWEST_FIRST = "ORDER BY created_at DESC, execution_id DESC"
-# Listed positively (not NOT IN terminal) so that the status index finds the few live
-# executions instead of scanning every finished one.
-_LIVE = ", ".join(f"'{s}'" for s in sorted(set(get_args(ExecutionStatus)) - TERMINAL_STATUSES))
 
 
 class PostgresJournal:
@@ -152,12 +150,20 @@ class PostgresJournal:
     # -- writes -------------------------------------------------------------
 
     async def create_execution(
-        self, execution: NewExecution, events: Sequence[Event]
+        self,
+        execution: NewExecution,
+        events: Sequence[Event],
+        owner: str | None = None,
+        lease_until: float | None = None,
     ) -> CreateResult:
+        fence = initial_fence(owner, lease_until)
         columns = event_columns(0, events)
         updated_at = events[-1].at if events else execution.created_at
         return await self._write(
-            execution.execution_id, lambda conn: create(conn, execution, columns, updated_at)
+            execution.execution_id,
+            lambda conn: sql.create(
+                conn, execution, columns, updated_at, owner, lease_until, fence
+            ),
         )
 
     async def append(
@@ -166,6 +172,7 @@ class PostgresJournal:
         after_seq: int,
         events: Sequence[Event],
         status: ExecutionStatus | None = None,
+        fence: int | None = None,
     ) -> int:
         if after_seq < 0:
             raise ValueError(f"after_seq must be >= 0, got {after_seq}")
@@ -173,8 +180,28 @@ class PostgresJournal:
         updated_at = events[-1].at if events else time.time()
         return await self._write(
             execution_id,
-            lambda conn: append(conn, execution_id, after_seq, columns, status, updated_at),
+            lambda conn: sql.append(
+                conn, execution_id, after_seq, columns, status, updated_at, fence
+            ),
         )
+
+    async def claim(
+        self, execution_id: str, owner: str, lease_until: float, now: float
+    ) -> int | None:
+        return await self._write(
+            execution_id, lambda conn: sql.claim(conn, execution_id, owner, lease_until, now)
+        )
+
+    async def renew(self, owner: str, fences: Mapping[str, int], lease_until: float) -> set[str]:
+        if not fences:
+            return set()
+        held = dict(fences)  # the caller may change its mapping while the request waits
+        # Keyed by its first id: the batch is sorted by key, so the renewal takes its
+        # row locks about where the other requests of the batch expect them.
+        return await self._write(min(held), lambda conn: sql.renew(conn, owner, held, lease_until))
+
+    async def release(self, execution_id: str, owner: str, fence: int) -> None:
+        await self._write(execution_id, lambda conn: sql.release(conn, execution_id, owner, fence))
 
     async def _write(self, key: str, apply: Callable[[Any], Awaitable[T]]) -> T:
         if self._writer is None or self._closed:
@@ -223,26 +250,31 @@ class PostgresJournal:
             # (they are newer), so they can neither repeat nor shift the rows after it.
             clauses.append(f"(created_at, execution_id) < ({param(after[0])}, {param(after[1])})")
         where = " AND ".join(clauses) or "TRUE"
-        sql = (
+        query = (
             f"SELECT {ROW_COLUMNS} FROM executions WHERE {where} {_NEWEST_FIRST}"
             f" LIMIT {param(limit + 1)}"
         )
-        found = [to_row(r) for r in await self._fetch(sql, *params)]
+        found = [to_row(r) for r in await self._fetch(query, *params)]
         items = found[:limit]
         next_cursor = encode_cursor(items[-1]) if len(found) > limit else None
         return Page(items=items, next_cursor=next_cursor)
 
     async def non_terminal(self) -> list[ExecutionRow]:
-        sql = (
-            f"SELECT {ROW_COLUMNS} FROM executions WHERE status IN ({_LIVE})"
+        query = (
+            f"SELECT {ROW_COLUMNS} FROM executions WHERE status IN ({sql.LIVE})"
             " ORDER BY created_at, execution_id"
         )
-        return [to_row(r) for r in await self._fetch(sql)]
+        return [to_row(r) for r in await self._fetch(query)]
+
+    async def expired(self, now: float, limit: int = 500) -> list[ExecutionRow]:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return [to_row(r) for r in await self._fetch(sql.EXPIRED, now, limit)]
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1 FROM schema_version LIMIT 1")
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
         pool = self._pool
         if pool is None or self._closed:
             raise self.target.closed()
@@ -251,7 +283,7 @@ class PostgresJournal:
         for attempt in (1, 2):
             try:
                 async with pool.acquire(timeout=self._connect_timeout) as conn:
-                    return cast(list[Any], await conn.fetch(sql, *args))
+                    return cast(list[Any], await conn.fetch(query, *args))
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise self.target.failed("read", exc) from exc

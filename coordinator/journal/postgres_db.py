@@ -50,6 +50,14 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (execution_id, seq)
     );
     """,
+    # expired() and renew(): only live executions, in expired()'s order (unowned first).
+    # Partial, so it stays as small as the live set however many finished executions
+    # pile up; the planner uses it for queries whose WHERE implies this one, i.e. that
+    # list exactly these statuses (postgres_sql.LIVE).
+    """
+    CREATE INDEX executions_lease
+        ON executions (lease_until NULLS FIRST) WHERE status IN ('compensating', 'running');
+    """,
 )
 
 # Key of the transaction-scoped advisory lock that serializes migrations, so that

@@ -91,7 +91,8 @@ class PoolStandIn:
             await append(self.journal, execution_id, [done], "completed")
         return {"host": "stand-in", "node_id": None}
 
-    async def call(self, placement: str, execution_id: str, method: str, *args: Any) -> Any:
+    async def call(self, placement: str, execution_id: str, method: str, *args: Any,
+                   owner: str | None = None) -> Any:
         self.calls.append((method, execution_id, args))
         return self.answers.get(method)
 

@@ -10,7 +10,6 @@ from blockbuster import BlockBuster
 
 from coordinator.journal.base import Journal
 from coordinator.journal.factory import journal_from_url
-from coordinator.journal.sqlite import SQLiteJournal
 from tests.pg import (
     PgServer,
     allow_asyncpg_config_reads,
@@ -20,7 +19,7 @@ from tests.pg import (
     pg_url,
 )
 
-__all__ = ["STORES", "StoreFactory", "journal", "pg_server", "pg_url"]
+__all__ = ["STORES", "StoreFactory", "journal", "pg_server", "pg_url", "store_url"]
 
 
 @pytest.fixture(autouse=True)
@@ -28,19 +27,18 @@ def asyncpg_may_read_its_config(no_blocking_in_event_loop: BlockBuster) -> None:
     allow_asyncpg_config_reads(no_blocking_in_event_loop)
 
 
-# A factory builds an unopened journal on storage of its own; the fixture opens it.
-# It returns a cleanup to run after the journal was closed (or None).
+# A factory prepares empty storage of its own and returns its URL (for journal_from_url,
+# so that a test can open more journals or processes on the same storage) and a cleanup
+# to run after every journal on it was closed (or None).
 Cleanup = Callable[[], Awaitable[None]] | None
-StoreFactory = Callable[[pytest.FixtureRequest, Path], Awaitable[tuple[Journal, Cleanup]]]
+StoreFactory = Callable[[pytest.FixtureRequest, Path], Awaitable[tuple[str, Cleanup]]]
 
 
-async def _sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Journal, Cleanup]:
-    return SQLiteJournal(tmp_path / "journal.db"), None
+async def _sqlite_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Cleanup]:
+    return str(tmp_path / "journal.db"), None
 
 
-async def _postgres_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> tuple[Journal, Cleanup]:
+async def _postgres_store(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Cleanup]:
     # A fresh schema per test: migrations run from nothing every time.
     server: PgServer = request.getfixturevalue("pg_server")
     url = await fresh_schema(server)
@@ -48,7 +46,7 @@ async def _postgres_store(
     async def cleanup() -> None:
         await drop_schema(server, url)
 
-    return journal_from_url(url), cleanup
+    return url, cleanup
 
 
 # Each store the contract applies to.
@@ -59,13 +57,22 @@ STORES = [
 
 
 @pytest.fixture(params=STORES)
-async def journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Journal]:
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of empty storage of each store in turn, cleaned up after the test."""
     factory: StoreFactory = request.param
-    store, cleanup = await factory(request, tmp_path)
+    url, cleanup = await factory(request, tmp_path)
+    try:
+        yield url
+    finally:
+        if cleanup is not None:
+            await cleanup()
+
+
+@pytest.fixture
+async def journal(store_url: str) -> AsyncIterator[Journal]:
+    store = journal_from_url(store_url)
     await store.open()
     try:
         yield store
     finally:
         await store.close()
-        if cleanup is not None:
-            await cleanup()

@@ -3,10 +3,13 @@
     journal_worker.py disjoint DB PREFIX EXECUTIONS APPENDS
     journal_worker.py race DB EXECUTION_ID WRITER APPENDS
     journal_worker.py crash DB PREFIX WORKERS
+    journal_worker.py claim URL EXECUTION_ID OWNER LEASE_UNTIL NOW
 
 Each prints ``ready``, then waits for a line on stdin before writing, so that the
 test can start several processes at the same moment. ``crash`` never ends: it
 prints ``ack EXECUTION_ID SEQ`` after each acknowledged write until it is killed.
+``claim`` takes any journal URL (SQLite or PostgreSQL) and prints ``fence N`` or
+``refused``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from coordinator.core.events import (
     StepAttemptStarted,
     StepAttemptSucceeded,
 )
-from coordinator.journal.base import NewExecution, SequenceConflict
+from coordinator.journal.base import Journal, NewExecution, SequenceConflict
+from coordinator.journal.factory import journal_from_url
 from coordinator.journal.sqlite import SQLiteJournal
 
 
@@ -109,8 +113,23 @@ async def finish(journal: SQLiteJournal, execution_id: str) -> None:
     say(f"ack {execution_id} {last}")
 
 
+async def claim(journal: Journal, execution_id: str, owner: str, lease: str, now: str) -> None:
+    fence = await journal.claim(execution_id, owner, float(lease), float(now))
+    say("refused" if fence is None else f"fence {fence}")
+
+
 async def main(argv: list[str]) -> None:
     mode, db, *args = argv
+    if mode == "claim":
+        store = journal_from_url(db)
+        await store.open()
+        try:
+            say("ready")
+            await asyncio.to_thread(sys.stdin.readline)
+            await claim(store, *args)
+        finally:
+            await store.close()
+        return
     async with SQLiteJournal(db, batch_window=0.001) as journal:
         say("ready")
         await asyncio.to_thread(sys.stdin.readline)

@@ -18,7 +18,9 @@ CHECKS = ",".join([
 ])
 
 
-async def test_schemathesis_finds_no_server_error_or_schema_break(stack: DemoStack) -> None:
+async def test_schemathesis_finds_no_server_error_or_schema_break(
+    stack: DemoStack, tmp_path: Path
+) -> None:
     binary = Path(sys.executable).with_name("schemathesis")
     process = await asyncio.create_subprocess_exec(
         str(binary), "run", f"{stack.url}/openapi.json", "--checks", CHECKS,
@@ -26,6 +28,7 @@ async def test_schemathesis_finds_no_server_error_or_schema_break(stack: DemoSta
         "--generation-deterministic", "--phases", "examples,coverage,fuzzing",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": ""},
+        cwd=tmp_path,  # its example cache stays out of the work tree
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=600)
     text = output.decode(errors="replace")

@@ -1,0 +1,225 @@
+"""The host core: the runners of one host, their leases, and their journal.
+
+:class:`HostCore` contract:
+- Owns the runners of the executions assigned to it, at most one per execution
+  id, each an asyncio task on the host's event loop, and the lease of each.
+- Runs an execution only after claiming it in the journal; the fencing token
+  from the claim goes with every append, so if another host takes over (this
+  one paused past its lease) the journal refuses this host's late writes.
+- Builds each runner's state from the journal (or from the start events the API
+  hands over, saving a read when this is the first claim); it never invents history.
+- ``start`` is idempotent: an execution that already runs here, is terminal, or
+  is owned by another live host is left alone.
+- Retries nothing itself: the runner and the core own retries. If the host dies,
+  its leases expire and the supervisor hands its executions to live hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.core import events as ev
+from coordinator.core.definition import SagaDefinition
+from coordinator.core.replay import apply, replay
+from coordinator.core.state import ExecutionState
+from coordinator.faults import FaultPoints
+from coordinator.invoker import Endpoint, HttpInvoker
+from coordinator.journal.base import Journal, SequenceConflict
+from coordinator.journal.factory import journal_from_url
+from coordinator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper
+from coordinator.runner import ExecutionRunner
+from coordinator.telemetry import host_tracing
+
+log = logging.getLogger(__name__)
+Answer = dict[str, str | None]
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Everything a host needs, shipped to its Ray actor once at creation."""
+
+    journal_url: str
+    definitions: tuple[SagaDefinition, ...]
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    pool_size: int = 512
+    # The API's OTEL_* settings: a host on another node does not share its environment.
+    otel_env: dict[str, str] = field(default_factory=dict)
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    # Test-only crash injection: checkpoint name -> probability of a hard exit.
+    fault_points: dict[str, float] = field(default_factory=dict)
+
+
+class HostCore:
+    def __init__(self, host_id: str, config: HostConfig, node_id: str | None = None) -> None:
+        self.host_id, self.node_id = host_id, node_id
+        self._definitions = {(d.name, d.version): d for d in config.definitions}
+        self._journal: Journal = journal_from_url(config.journal_url)
+        self._leases = LeaseKeeper(self._journal, host_id, config.lease_seconds, self._lost)
+        self._tracing = host_tracing(config.otel_env, config.definitions)
+        self._invoker = HttpInvoker(config.endpoints, pool_size=config.pool_size,
+                                    on_send=self._tracing.on_send if self._tracing else None)
+        self._checkpoint = FaultPoints(config.fault_points) if config.fault_points else None
+        self._runners: dict[str, ExecutionRunner] = {}
+        self._starting: set[str] = set()
+        self._opened = False
+        self._opening = asyncio.Lock()
+        self.started = 0
+        self.finished = 0
+
+    def placement(self, status: str) -> Answer:
+        return {"host": self.host_id, "node_id": self.node_id, "status": status}
+
+    async def _open(self) -> None:
+        if self._opened:
+            return
+        async with self._opening:
+            if not self._opened:
+                await self._journal.open()
+                self._opened = True
+
+    async def close(self) -> None:
+        await self._leases.close()
+        if self._tracing is not None:
+            await self._tracing.aclose()
+        await self._invoker.close()
+        if self._opened:
+            await self._journal.close()
+
+    async def start(self, execution_id: str, events: Sequence[ev.Event] | None = None) -> Answer:
+        """Claim and run an execution here; the answer's ``status`` says what happened."""
+        if execution_id in self._runners or execution_id in self._starting:
+            return self.placement("running")
+        self._starting.add(execution_id)
+        try:
+            _, status = await self._claim_and_launch(execution_id, events)
+            return self.placement(status)
+        finally:
+            self._starting.discard(execution_id)
+
+    async def _claim_and_launch(
+        self, execution_id: str, events: Sequence[ev.Event] | None
+    ) -> tuple[ExecutionRunner | None, str]:
+        state, definition = await self._load(execution_id, events)
+        if state is None or definition is None:
+            return None, "not_found"
+        if state.terminal:
+            return None, "terminal"
+        fence = await self._leases.claim(execution_id)
+        if fence is None:
+            return None, "owned_elsewhere"
+        if fence > 1 and events is not None:
+            # Someone else may have written since those events were read.
+            state, definition = await self._load(execution_id, None)
+            assert state is not None and definition is not None
+        return self._launch(definition, state, fence), "running"
+
+    async def cancel(self, execution_id: str, reason: str | None) -> str:
+        """``accepted``, ``refused`` (terminal or past the pivot), ``owned_elsewhere``
+        or ``not_found``."""
+        runner = self._runners.get(execution_id)
+        if runner is None:
+            runner, status = await self._claim_and_launch(execution_id, None)
+            if runner is None:
+                return "refused" if status == "terminal" else status
+        return "accepted" if await runner.cancel(reason) else "refused"
+
+    async def resume(self, execution_id: str) -> str:
+        """Resume a ``failed`` execution: ``accepted``, ``refused``, ``owned_elsewhere``
+        or ``not_found``. The resume is journaled before the answer, so a read right
+        after sees the execution running again."""
+        if execution_id in self._runners:
+            return "accepted" if await self._runners[execution_id].resume() else "refused"
+        state, definition = await self._load(execution_id, None)
+        if state is None or definition is None:
+            return "not_found"
+        if state.status != "failed":
+            return "refused"
+        # A failed execution has no owner to fence: the sequence check alone decides
+        # which of two racing resumes is recorded.
+        resumed = ev.ResumeRequested(at=time.time())
+        apply(definition, state, resumed)
+        try:
+            await self._journal.append(execution_id, state.last_seq - 1, [resumed], state.status)
+        except SequenceConflict:
+            return "refused"
+        answer = await self.start(execution_id)
+        return "accepted" if answer["status"] in ("running", "owned_elsewhere") else "refused"
+
+    async def wait(self, execution_id: str, timeout: float | None) -> bool:
+        """True when the execution is not running here any more within ``timeout``."""
+        runner = self._runners.get(execution_id)
+        if runner is None:
+            return True
+        try:
+            await asyncio.wait_for(runner.finished.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def recover(self) -> int:
+        """After a restart: take back the unfinished executions this host owned."""
+        await self._open()
+        mine = [row for row in await self._journal.non_terminal() if row.owner == self.host_id]
+        answers = await asyncio.gather(*(self.start(row.execution_id) for row in mine))
+        return sum(1 for answer in answers if answer["status"] == "running")
+
+    def stats(self) -> dict[str, Any]:
+        return {"host": self.host_id, "node_id": self.node_id, "running": len(self._runners),
+                "started": self.started, "finished": self.finished}
+
+    async def _load(
+        self, execution_id: str, events: Sequence[ev.Event] | None
+    ) -> tuple[ExecutionState | None, SagaDefinition | None]:
+        await self._open()
+        if events is None:
+            events = [stored.event for stored in await self._journal.read(execution_id)]
+        if not events or not isinstance(events[0], ev.ExecutionStarted):
+            return None, None
+        start = events[0]
+        definition = self._definitions.get((start.saga, start.version))
+        if definition is None:
+            log.error("execution %s needs %s v%s, not loaded on this host",
+                      execution_id, start.saga, start.version)
+            return None, None
+        return replay(definition, events), definition
+
+    def _launch(self, definition: SagaDefinition, state: ExecutionState,
+                fence: int) -> ExecutionRunner:
+        placement = ev.HostAssigned(at=time.time(), host=self.host_id, node_id=self.node_id)
+        runner = ExecutionRunner(
+            definition, state, self._journal, self._invoker, opening=[placement],
+            around_attempt=self._tracing.around_attempt if self._tracing else None,
+            fence=fence, checkpoint=self._checkpoint)
+        self._runners[state.execution_id] = runner
+        self.started += 1
+        task = asyncio.get_running_loop().create_task(self._drive(runner))
+        task.add_done_callback(lambda done: self._forget(state.execution_id, done))
+        return runner
+
+    async def _drive(self, runner: ExecutionRunner) -> ExecutionState:
+        state = await runner.run()
+        if self._tracing is not None and state.terminal and not runner.fenced_out:
+            # Registered before this task ends, so close() (a dedicated host's exit) waits.
+            self._tracing.execution_ended(state, lambda: self._history(state.execution_id))
+        return state
+
+    async def _history(self, execution_id: str) -> list[ev.Event]:
+        return [stored.event for stored in await self._journal.read(execution_id)]
+
+    def _lost(self, execution_id: str) -> None:
+        runner = self._runners.get(execution_id)
+        if runner is not None:
+            runner.abandon()
+
+    def _forget(self, execution_id: str, task: asyncio.Task[ExecutionState]) -> None:
+        self._runners.pop(execution_id, None)
+        # A terminal append cleared the lease; any other stop leaves it to expire.
+        self._leases.forget(execution_id)
+        self.finished += 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("runner of %s stopped: %r", execution_id, task.exception())
