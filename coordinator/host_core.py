@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -169,8 +170,9 @@ class HostCore:
         return sum(1 for answer in answers if answer["status"] == "running")
 
     def stats(self) -> dict[str, Any]:
-        return {"host": self.host_id, "node_id": self.node_id, "running": len(self._runners),
-                "started": self.started, "finished": self.finished}
+        return {"host": self.host_id, "node_id": self.node_id, "pid": os.getpid(),
+                "running": len(self._runners), "started": self.started,
+                "finished": self.finished}
 
     async def _load(
         self, execution_id: str, events: Sequence[ev.Event] | None
