@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Unpack
+from functools import partial
 
-from aiohttp import web
-
-from services.app import AppOptions, create_service_app
+from services.app import create_service_app
 from services.common import (
     Action,
     Call,
     Outcome,
     ProblemError,
-    ServiceConfig,
     ServiceSpec,
     create,
     lookup,
@@ -58,14 +54,9 @@ SPEC = ServiceSpec(
 )
 
 
-def create_app(
-    config: ServiceConfig | None = None, **options: Unpack[AppOptions]
-) -> web.Application:
-    return create_service_app(SPEC, config, **options)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    service_main(SPEC, argv)
+# The same app factory and command line as every demo service, bound to this one.
+create_app = partial(create_service_app, SPEC)
+main = partial(service_main, SPEC)
 
 
 if __name__ == "__main__":
