@@ -7,6 +7,7 @@ function running it and returning the exit code (0 success, 1 failure, 2 usage).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,14 +31,18 @@ class Command:
 
 
 def _validate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sagas_dir", nargs="?", default=DEFAULT_SAGAS_DIR, metavar="DIR",
-                        help=f"directory of saga files (default: {DEFAULT_SAGAS_DIR})")
+    parser.add_argument("sagas_dir", nargs="?", metavar="DIR",
+                        default=os.environ.get("SAGARAY_SAGAS", DEFAULT_SAGAS_DIR),
+                        help=f"directory of saga files (default: $SAGARAY_SAGAS or "
+                             f"{DEFAULT_SAGAS_DIR})")
     add_services_argument(parser)
 
 
 def add_services_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--services", default=DEFAULT_SERVICES_FILE, metavar="FILE",
-                        help=f"services file (default: {DEFAULT_SERVICES_FILE})")
+    parser.add_argument("--services", metavar="FILE",
+                        default=os.environ.get("SAGARAY_SERVICES", DEFAULT_SERVICES_FILE),
+                        help=f"services file (default: $SAGARAY_SERVICES or "
+                             f"{DEFAULT_SERVICES_FILE})")
 
 
 def _run_validate(args: argparse.Namespace) -> int:

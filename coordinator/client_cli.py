@@ -1,7 +1,10 @@
 """CLI subcommands that run the coordinator or talk to its API.
 
 ``serve`` runs the control plane; ``start``, ``status``, ``list``, ``cancel`` and
-``resume`` are thin clients of the HTTP API (``--url``), printing its JSON.
+``resume`` are thin clients of the HTTP API (``--url``, ``--token``), printing its JSON.
+
+Every flag follows one precedence rule: the flag, else its ``SAGARAY_*`` environment
+variable, else the default (the README's "Configuration" table lists them all).
 """
 
 from __future__ import annotations
@@ -12,18 +15,40 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from coordinator.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, add_services_argument
 
+if TYPE_CHECKING:
+    from coordinator.server import ServeOptions
+
 DEFAULT_URL = os.environ.get("SAGARAY_URL", "http://127.0.0.1:8080")
+TOKEN_VARIABLE = "SAGARAY_TOKEN"
+_TRUE = ("1", "true", "yes", "on")
 
 
 def _url_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=DEFAULT_URL,
                         help=f"API base URL (default: $SAGARAY_URL or {DEFAULT_URL})")
+    # The value is read at run time and never shown: --help must not print a token.
+    parser.add_argument("--token", default=None, metavar="TOKEN",
+                        help=f"API bearer token (default: ${TOKEN_VARIABLE}; prefer the "
+                             f"variable, a command line is visible to other users)")
+
+
+def _auth(args: argparse.Namespace, headers: dict[str, str] | None = None
+          ) -> dict[str, str] | None:
+    """``headers`` plus ``Authorization: Bearer`` when a token is given (flag, then variable)."""
+    token = args.token or os.environ.get(TOKEN_VARIABLE, "").strip()
+    if not token:
+        return headers
+    return {**(headers or {}), "Authorization": f"Bearer {token}"}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
 
 
 async def _request(method: str, url: str, body: Any = None,
@@ -74,7 +99,7 @@ def _run_start(args: argparse.Namespace) -> int:
         query.append(f"wait={args.wait:g}")
     url = f"{args.url}/v1/sagas/{args.saga}/executions" + ("?" + "&".join(query) if query else "")
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    return _call("POST", url, {"input": value}, headers)
+    return _call("POST", url, {"input": value}, _auth(args, headers))
 
 
 def _id_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,15 +108,17 @@ def _id_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    return _call("GET", f"{args.url}/v1/executions/{args.execution_id}")
+    return _call("GET", f"{args.url}/v1/executions/{args.execution_id}", headers=_auth(args))
 
 
 def _run_cancel(args: argparse.Namespace) -> int:
-    return _call("POST", f"{args.url}/v1/executions/{args.execution_id}/cancel", {})
+    return _call("POST", f"{args.url}/v1/executions/{args.execution_id}/cancel", {},
+                 _auth(args))
 
 
 def _run_resume(args: argparse.Namespace) -> int:
-    return _call("POST", f"{args.url}/v1/executions/{args.execution_id}/resume")
+    return _call("POST", f"{args.url}/v1/executions/{args.execution_id}/resume",
+                 headers=_auth(args))
 
 
 def _list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,38 +133,60 @@ def _run_list(args: argparse.Namespace) -> int:
     params = {k: v for k, v in (("saga", args.saga), ("status", args.status),
                                 ("limit", str(args.limit)), ("cursor", args.cursor)) if v}
     query = "&".join(f"{k}={v}" for k, v in params.items())
-    return _call("GET", f"{args.url}/v1/executions?{query}")
+    return _call("GET", f"{args.url}/v1/executions?{query}", headers=_auth(args))
 
 
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    # String defaults go through ``type`` too: a bad SAGARAY_PORT is a usage error.
     env = os.environ.get
-    parser.add_argument("--host", default=env("SAGARAY_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(env("SAGARAY_PORT", "8080")))
+    parser.add_argument("--host", default=env("SAGARAY_HOST", "127.0.0.1"),
+                        help="address to bind (default 127.0.0.1; any other needs API tokens "
+                             "or --insecure)")
+    parser.add_argument("--port", type=int, default=env("SAGARAY_PORT", "8080"))
     parser.add_argument("--sagas", default=env("SAGARAY_SAGAS", "sagas"), metavar="DIR")
     add_services_argument(parser)
-    parser.set_defaults(services=env("SAGARAY_SERVICES", "services.yaml"))
     parser.add_argument("--journal", default=env("SAGARAY_JOURNAL",
                                                  "sqlite:///.sagaray/journal.db"), metavar="URL")
     parser.add_argument("--ray-address", default=env("SAGARAY_RAY_ADDRESS"), metavar="ADDR",
                         help="join a running Ray cluster ('auto' finds a local one); "
                              "default: start a local Ray")
-    parser.add_argument("--hosts", type=int, default=None,
+    parser.add_argument("--hosts", type=int, default=env("SAGARAY_HOSTS"),
                         help="SagaHost actors in the pool (default: the cluster's CPU count)")
     parser.add_argument("--namespace", default=env("SAGARAY_NAMESPACE", "sagaray"))
     parser.add_argument("--jaeger-url", default=env("SAGARAY_JAEGER_URL"))
     parser.add_argument("--lease-seconds", type=float,
-                        default=float(env("SAGARAY_LEASE_SECONDS", "10")),
+                        default=env("SAGARAY_LEASE_SECONDS", "10"),
                         help="how long a host owns an execution without renewing (default 10)")
+    parser.add_argument("--api-tokens", default=env("SAGARAY_API_TOKENS_FILE"), metavar="FILE",
+                        help="API bearer tokens, lines 'read TOKEN' / 'write TOKEN' (also "
+                             "$SAGARAY_API_READ_TOKEN, $SAGARAY_API_WRITE_TOKEN)")
+    parser.add_argument("--insecure", action="store_true", default=_env_flag("SAGARAY_INSECURE"),
+                        help="allow serving beyond loopback without API tokens")
 
 
-def _run_serve(args: argparse.Namespace) -> int:
-    from coordinator.server import ServeOptions, init_ray, serve
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The options of ``sagaray serve``; :class:`TokenConfigError` for unusable tokens."""
+    from coordinator.auth import load_tokens
+    from coordinator.server import ServeOptions
 
-    options = ServeOptions(
+    return ServeOptions(
         host=args.host, port=args.port, sagas_dir=Path(args.sagas),
         services_file=Path(args.services), journal_url=args.journal,
         ray_address=args.ray_address, hosts=args.hosts, namespace=args.namespace,
-        jaeger_url=args.jaeger_url, lease_seconds=args.lease_seconds)
+        jaeger_url=args.jaeger_url, lease_seconds=args.lease_seconds,
+        api_tokens=load_tokens(args.api_tokens), insecure=args.insecure)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from coordinator.auth import InsecureBind, TokenConfigError, check_exposure
+    from coordinator.server import init_ray, serve
+
+    try:
+        options = serve_options(args)
+        check_exposure(options.host, options.api_tokens, options.insecure)
+    except (TokenConfigError, InsecureBind) as error:
+        print(f"sagaray serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
     init_ray(options.ray_address, options.namespace)
     asyncio.run(serve(options))
     return EXIT_OK

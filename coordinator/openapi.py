@@ -19,6 +19,7 @@ Schema = dict[str, Any]
 MAX_BODY_BYTES = 1024 * 1024
 EXECUTION_STATUSES: list[str] = list(get_args(ExecutionStatus))
 STEP_STATUSES: list[str] = list(get_args(StepStatus))
+BEARER_SCHEME = "bearerAuth"
 
 
 def _ref(name: str) -> Schema:
@@ -184,9 +185,18 @@ _RESPONSES: dict[str, Schema] = {
     "Unavailable": _problem("A dependency (the journal) is unavailable; retry later.",
                             headers=_RETRY_AFTER),
     "InternalError": _problem("An unexpected error; the server log has the details."),
+    "Unauthorized": _problem("No bearer token, or not a valid one (only when the server is "
+                             "configured with API tokens).", headers={"WWW-Authenticate": {
+                                 "description": "Bearer challenge (RFC 6750)",
+                                 "schema": {"type": "string"}}}),
+    "Forbidden": _problem("The token may only read; this route needs a write token.",
+                          headers={"WWW-Authenticate": {
+                              "description": 'Bearer challenge, error="insufficient_scope"',
+                              "schema": {"type": "string"}}}),
 }
 
-_CODES = {"400": "BadRequest", "404": "NotFound", "409": "Conflict", "413": "PayloadTooLarge",
+_CODES = {"400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
+          "409": "Conflict", "413": "PayloadTooLarge",
           "422": "InvalidInput", "500": "InternalError", "503": "Unavailable"}
 
 
@@ -196,9 +206,13 @@ def _ok(description: str, schema: str, **more: Any) -> Schema:
 
 
 def _op(op_id: str, summary: str, ok: dict[str, Schema], errors: list[int],
-        **more: Any) -> Schema:
+        *, write: bool = False, public: bool = False, **more: Any) -> Schema:
+    """One operation; unless ``public`` it needs a bearer token (a write token if ``write``)."""
     responses: dict[str, Any] = dict(ok)
-    for code in [*errors, 500]:
+    auth = [] if public else [401, 403] if write else [401]
+    if public:
+        more = {**more, "security": []}
+    for code in [*errors, *auth, 500]:
         responses[str(code)] = {"$ref": f"#/components/responses/{_CODES[str(code)]}"}
     return {"operationId": op_id, "summary": summary, **more,
             "responses": dict(sorted(responses.items()))}
@@ -238,7 +252,8 @@ def _start_operation() -> Schema:
                      "execution reached a terminal status.", "Execution"),
           "202": _ok("Started; still running.", "AcceptedExecution", headers=_LOCATION)}
     return _op("startExecution", "Start an execution of a saga", ok,
-               [400, 404, 409, 413, 422, 503], parameters=params, requestBody=body)
+               [400, 404, 409, 413, 422, 503], write=True, parameters=params,
+               requestBody=body)
 
 
 def _list_operation() -> Schema:
@@ -276,10 +291,11 @@ def _execution_paths() -> dict[str, Schema]:
             parameters=[_EXECUTION_ID])},
         "/v1/executions/{id}/cancel": {"post": _op(
             "cancelExecution", "Ask a running execution to roll back", accepted,
-            [400, 404, 409, 413, 503], parameters=[_EXECUTION_ID], requestBody=cancel_body)},
+            [400, 404, 409, 413, 503], write=True, parameters=[_EXECUTION_ID],
+            requestBody=cancel_body)},
         "/v1/executions/{id}/resume": {"post": _op(
             "resumeExecution", "Resume a failed execution", accepted, [404, 409, 503],
-            parameters=[_EXECUTION_ID])},
+            write=True, parameters=[_EXECUTION_ID])},
     }
 
 
@@ -294,9 +310,10 @@ def _other_paths() -> dict[str, Schema]:
             {"200": _ok("The definitions, oldest version first.", "SagaVersions")}, [404],
             parameters=[_SAGA])},
         "/healthz": {"get": _op("healthz", "The process is up",
-                                {"200": _ok("Up.", "Health")}, [])},
+                                {"200": _ok("Up.", "Health")}, [], public=True)},
         "/readyz": {"get": _op("readyz", "The process can serve requests",
-                               {"200": _ok("Ready.", "Ready"), "503": not_ready}, [])},
+                               {"200": _ok("Ready.", "Ready"), "503": not_ready}, [],
+                               public=True)},
         "/openapi.json": {"get": _op("openapi", "This document",
                                      {"200": _ok("The OpenAPI document.", "OpenAPI")}, [])},
     }
@@ -310,11 +327,19 @@ def openapi_document() -> dict[str, Any]:
             "title": "Sagaray",
             "version": "1",
             "description": "Start, watch, cancel and resume saga executions. Every error "
-                           "is an RFC 9457 problem (application/problem+json).",
+                           "is an RFC 9457 problem (application/problem+json). When the "
+                           "server has API tokens, every route but /healthz and /readyz "
+                           "needs `Authorization: Bearer TOKEN`: a read token for GET, a "
+                           "write token (which also reads) for POST.",
         },
+        "security": [{BEARER_SCHEME: []}],
         "paths": {**_execution_paths(), **_other_paths()},
         "components": {
             "schemas": {**_execution_schemas(), **_definition_schemas(), **_other_schemas()},
             "responses": _RESPONSES,
+            "securitySchemes": {BEARER_SCHEME: {
+                "type": "http", "scheme": "bearer",
+                "description": "An API token from the server's tokens file or its "
+                               "SAGARAY_API_READ_TOKEN / SAGARAY_API_WRITE_TOKEN."}},
         },
     }

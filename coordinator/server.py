@@ -21,6 +21,7 @@ import ray
 from aiohttp import web
 
 from coordinator.api import create_app
+from coordinator.auth import ApiTokens, auth_middleware, check_exposure
 from coordinator.executions import ExecutionService, SagaCatalog
 from coordinator.hosts import HostConfig
 from coordinator.invoker import Endpoint
@@ -54,6 +55,10 @@ class ServeOptions:
     otel_env: Mapping[str, str] | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     fault_points: Mapping[str, float] = field(default_factory=dict)
+    # Bearer tokens of the API (none: no authentication; only allowed on loopback
+    # unless ``insecure``).
+    api_tokens: ApiTokens = field(default_factory=ApiTokens)
+    insecure: bool = False
 
 
 @dataclass
@@ -124,19 +129,26 @@ async def build_stack(options: ServeOptions, registry: Registry | None = None) -
         stats = await asyncio.wait_for(pool.stats(), timeout=5)
         return {"journal": "ok", "ray": "ok", "hosts": "ok" if stats else "none answered"}
 
-    app = create_app(service, ready=ready, middlewares=[tracing.middleware] if tracing else ())
+    # Tracing outside authentication, so refused requests are traced too.
+    middlewares = [tracing.middleware] if tracing else []
+    if options.api_tokens.enabled:
+        middlewares.append(auth_middleware(options.api_tokens))
+    app = create_app(service, ready=ready, middlewares=middlewares)
     return Stack(registry, journal, pool, service, app, tracing)
 
 
 async def serve(options: ServeOptions) -> None:
-    """Run the API until SIGINT or SIGTERM."""
+    """Run the API until SIGINT or SIGTERM; :class:`InsecureBind` if exposed unauthenticated."""
+    check_exposure(options.host, options.api_tokens, options.insecure)
     stack = await build_stack(options)
     runner = web.AppRunner(stack.app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, options.host, options.port).start()
     resumed = await stack.service.resume_all()
+    auth = ("bearer tokens" if options.api_tokens.enabled
+            else "NO authentication (--insecure)" if options.insecure else "no authentication")
     print(f"sagaray serving on http://{options.host}:{options.port} "
-          f"({len(stack.pool.names)} hosts, journal {mask(options.journal_url)}, "
+          f"({len(stack.pool.names)} hosts, journal {mask(options.journal_url)}, {auth}, "
           f"{resumed} unfinished executions resumed)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
