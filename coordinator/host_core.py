@@ -66,7 +66,8 @@ class HostCore:
                                     on_send=self._tracing.on_send if self._tracing else None)
         self._checkpoint = FaultPoints(config.fault_points) if config.fault_points else None
         self._runners: dict[str, ExecutionRunner] = {}
-        self._starting: set[str] = set()
+        # Executions whose start is claiming them; set once the start has answered.
+        self._starting: dict[str, asyncio.Event] = {}
         self._opened = False
         self._opening = asyncio.Lock()
         self.started = 0
@@ -95,12 +96,12 @@ class HostCore:
         """Claim and run an execution here; the answer's ``status`` says what happened."""
         if execution_id in self._runners or execution_id in self._starting:
             return self.placement("running")
-        self._starting.add(execution_id)
+        self._starting[execution_id] = asyncio.Event()
         try:
             _, status = await self._claim_and_launch(execution_id, events)
             return self.placement(status)
         finally:
-            self._starting.discard(execution_id)
+            self._starting.pop(execution_id).set()
 
     async def _claim_and_launch(
         self, execution_id: str, events: Sequence[ev.Event] | None
@@ -153,11 +154,23 @@ class HostCore:
 
     async def wait(self, execution_id: str, timeout: float | None) -> bool:
         """True when the execution is not running here any more within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        starting = self._starting.get(execution_id)
+        if starting is not None:
+            # The API asks right after handing the start over, usually while this host
+            # is still claiming the execution: wait for the runner rather than answer
+            # "not here", which would send the caller back to polling the journal.
+            try:
+                await asyncio.wait_for(starting.wait(), timeout)
+            except TimeoutError:
+                return False
         runner = self._runners.get(execution_id)
         if runner is None:
             return True
+        left = None if deadline is None else max(0.0, deadline - loop.time())
         try:
-            await asyncio.wait_for(runner.finished.wait(), timeout)
+            await asyncio.wait_for(runner.finished.wait(), left)
         except TimeoutError:
             return False
         return True

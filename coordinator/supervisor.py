@@ -52,7 +52,9 @@ class Sweeper:
             log.warning("no live host for %d expired executions", len(rows))
             return 0
         names = sorted(live)
-        calls = [live[names[rendezvous(row.execution_id, names)]].start.remote(row.execution_id)
+        # A host that answered the ping but stalls must not hold up every handover.
+        calls = [asyncio.wait_for(live[names[rendezvous(row.execution_id, names)]]
+                                  .start.remote(row.execution_id), self._ping_timeout * 5)
                  for row in rows]
         results = await asyncio.gather(*calls, return_exceptions=True)
         handed = sum(1 for result in results if not isinstance(result, BaseException))

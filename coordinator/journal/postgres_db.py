@@ -80,6 +80,12 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 def is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.InternalClientError):
+        # "cannot switch to state N; another operation (2) is in progress": a restarting
+        # server sends every session a FATAL error and then closes it, and the pool may
+        # hand out a connection between the two, still consuming that error. The
+        # connection is gone, as after a reset; asyncpg's own misuse errors are not this.
+        return "another operation" in str(exc)
     # ValueError subclasses of InterfaceError (bad configuration, a value asyncpg
     # cannot encode) are our mistakes, not the database's absence.
     return isinstance(exc, _UNAVAILABLE) and not isinstance(exc, ValueError)
