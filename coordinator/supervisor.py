@@ -94,10 +94,12 @@ class Supervisor:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        await self._journal.open()
         while True:
             await asyncio.sleep(self._interval)
             try:
+                # Inside the loop: a supervisor (re)started while the journal is
+                # unreachable must keep trying, not end its only task for good.
+                await self._journal.open()
                 await self._sweeper.sweep()
             except Exception:
                 log.exception("supervisor sweep failed; retrying next interval")
