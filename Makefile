@@ -27,5 +27,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Not part of `make test`: mixed load with host kills, host pauses and journal restarts.
+MINUTES ?= 5
+soak: $(STAMP)
+	./scripts/ensure-postgres.sh
+	$(BIN)/python -m bench.soak --minutes $(MINUTES)
+
+# Not part of `make test`: throughput, in-flight scale and latency figures (docs/performance.md).
+# BENCH_ARGS=--quick for a two-minute smoke run; see `python -m bench.suite --help`.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	./scripts/ensure-postgres.sh
+	$(BIN)/python -m bench.suite $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .sagaray .pytest_cache .mypy_cache .hypothesis
