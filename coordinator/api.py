@@ -260,28 +260,12 @@ async def start_execution(request: web.Request) -> web.Response:
     body = parse_object(raw, ("input",), ("input",))
     view, created = await service.start(
         request.match_info["saga"], body["input"], version=version, idempotency_key=key,
-        trace=trace_context(request.headers))
+        trace=trace_context(request.headers), wait=wait)
     if not created:
-        if wait is not None:
-            view = await service.wait(view["execution_id"], wait)
         return _json(view)
-    if wait is None:
-        return _accepted(view)
-    return await _waited_start(service, view, wait)
-
-
-async def _waited_start(service: ExecutionService, accepted: dict[str, Any],
-                        wait: float) -> web.Response:
-    try:
-        current = await service.wait(accepted["execution_id"], wait)
-    except Retryable:
-        # The execution is journaled: a 503 here would invite a duplicate start.
-        log.warning("wait after start of %s failed; answering 202", accepted["execution_id"],
-                    exc_info=True)
-        return _accepted(accepted)
-    if current["status"] in TERMINAL_STATUSES:
-        return _json(current)
-    return _accepted({**accepted, "status": current["status"]})
+    if wait is not None and view["status"] in TERMINAL_STATUSES:
+        return _json(view)
+    return _accepted(view)
 
 
 async def get_execution(request: web.Request) -> web.Response:

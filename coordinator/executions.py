@@ -23,17 +23,26 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from coordinator.completions import CompletionWatch
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
 from coordinator.core.replay import can_cancel, replay
 from coordinator.core.state import ExecutionState
 from coordinator.errors import BadRequest, Conflict, InvalidInput, NotFound, Retryable
-from coordinator.journal.base import Journal, JournalUnavailable, NewExecution
+from coordinator.journal.base import (
+    TERMINAL_STATUSES,
+    Journal,
+    JournalUnavailable,
+    NewExecution,
+)
 from coordinator.pool import HostPool
 from coordinator.views import accepted_view, execution_view, summary_view
 
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60.0
+# A waiter re-reads the journal on its own at least this often (the finish feed
+# only covers the host it watches), backing off from the first value to the last.
+RECHECK_SECONDS = (0.5, 5.0)
 # Turns the caller's trace context into the one to journal (tracing names the saga's ids).
 TraceHook = Callable[[dict[str, str] | None], dict[str, str] | None]
 
@@ -96,6 +105,7 @@ class ExecutionService:
         self._jaeger_url = jaeger_url
         self._clock = clock
         self._dispatches: set[asyncio.Task[None]] = set()
+        self._completions = CompletionWatch(pool.finished_since)
 
     async def start(
         self,
@@ -105,8 +115,13 @@ class ExecutionService:
         version: int | None = None,
         idempotency_key: str | None = None,
         trace: dict[str, str] | None = None,
+        wait: float | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Journal a new execution and hand it to its host; ``(view, created)``."""
+        """Journal a new execution and hand it to its host; ``(view, created)``.
+
+        With ``wait``, a new execution's view is the full one once terminal within
+        ``wait`` seconds, else the accepted one; a known one's is its view then.
+        """
         definition = self.catalog.get(saga, version)
         self.catalog.check_input(definition, value)
         now = self._clock()
@@ -120,22 +135,44 @@ class ExecutionService:
         request_hash = _fingerprint(definition.version, value) if idempotency_key else None
         record = NewExecution(execution_id, definition.name, definition.version, now,
                               idempotency_key, request_hash)
-        result = await self._journaled(self.journal.create_execution(record, [started]))
+        # Created leased to its host: the host adopts fence 1 instead of claiming it.
+        lease = self.pool.lease_for(definition.placement, execution_id)
+        owner, lease_until = (lease[0], now + lease[1]) if lease else (None, None)
+        result = await self._journaled(self.journal.create_execution(
+            record, [started], owner=owner, lease_until=lease_until))
         if not result.created:
             if result.row.request_hash != request_hash:
                 raise Conflict(f"idempotency key {idempotency_key!r} was used for a different "
                                f"request to saga {saga!r} (execution {result.row.execution_id})")
+            if wait is not None:
+                return await self.wait(result.row.execution_id, wait), False
             return await self.get(result.row.execution_id), False
         state = replay(definition, [started])
-        self._dispatch(definition, execution_id, [started])
+        self._dispatch(definition, execution_id, [started], 1 if owner else None)
+        if wait is not None:
+            return await self._waited_start(definition, state, wait), True
         return accepted_view(state), True
 
+    async def _waited_start(self, definition: SagaDefinition, state: ExecutionState,
+                            seconds: float) -> dict[str, Any]:
+        """The full view once terminal; otherwise the accepted view, current status."""
+        try:
+            current = await self.wait(state.execution_id, seconds, known=(definition, state))
+        except Retryable:
+            # The execution is journaled: a 503 here would invite a duplicate start.
+            log.warning("wait after start of %s failed; answering 202", state.execution_id,
+                        exc_info=True)
+            return accepted_view(state)
+        if current["status"] in TERMINAL_STATUSES:
+            return current
+        return {**accepted_view(state), "status": current["status"]}
+
     def _dispatch(self, definition: SagaDefinition, execution_id: str,
-                  events: list[ev.Event] | None) -> None:
+                  events: list[ev.Event] | None, fence: int | None = None) -> None:
         """Hand over without holding the reply: the journal already has the execution."""
         async def hand_over() -> None:
             try:
-                await self.pool.dispatch(definition.placement, execution_id, events)
+                await self.pool.dispatch(definition.placement, execution_id, events, fence)
             except Exception:
                 log.exception("could not hand %s to a host; it stays in the journal",
                               execution_id)
@@ -193,11 +230,51 @@ class ExecutionService:
             raise Conflict(f"execution {execution_id} could not be resumed ({answer})")
         return await self.get(execution_id)
 
-    async def wait(self, execution_id: str, seconds: float) -> dict[str, Any]:
-        """The execution once terminal, or as it stands when ``seconds`` have passed."""
+    async def wait(self, execution_id: str, seconds: float,
+                   known: tuple[SagaDefinition, ExecutionState] | None = None) -> dict[str, Any]:
+        """The execution once terminal, or as it stands when ``seconds`` have passed.
+
+        ``known`` is a state the caller just read or wrote, saving a journal read.
+        """
         seconds = min(max(seconds, 0.0), MAX_WAIT_SECONDS)
         deadline = self._clock() + seconds
-        definition, state = await self.state(execution_id)
+        definition, state = known or await self.state(execution_id)
+        if not state.terminal:
+            if definition.placement == "dedicated":
+                definition, state = await self._wait_on_host(definition, state, deadline)
+            else:
+                definition, state = await self._watch(definition, state, deadline)
+        return execution_view(definition, state, self._jaeger_url)
+
+    async def _watch(self, definition: SagaDefinition, state: ExecutionState,
+                     deadline: float) -> tuple[SagaDefinition, ExecutionState]:
+        """Wait on the finish feed of the host that runs the execution; no Ray call."""
+        execution_id = state.execution_id
+        recheck = RECHECK_SECONDS[0]
+        host = self.pool.host_name(execution_id, state.host)
+        if not self._completions.is_primed(host):
+            # It may finish before the feed holds a cursor: read the journal after.
+            await self._completions.primed(host)
+            definition, state = await self.state(execution_id)
+        try:
+            while not state.terminal and (left := deadline - self._clock()) > 0:
+                woken = self._completions.waiter(host, execution_id)
+                try:
+                    await asyncio.wait_for(woken, min(left, recheck))
+                except TimeoutError:
+                    recheck = min(recheck * 2, RECHECK_SECONDS[1])
+                definition, state = await self.state(execution_id)
+                if not state.terminal:
+                    self._completions.discard(host, execution_id)
+                    host = self.pool.host_name(execution_id, state.host)
+        finally:
+            self._completions.discard(host, execution_id)
+        return definition, state
+
+    async def _wait_on_host(self, definition: SagaDefinition, state: ExecutionState,
+                            deadline: float) -> tuple[SagaDefinition, ExecutionState]:
+        """A dedicated host's own ``wait``: one Ray call per waiter (dedicated is rare)."""
+        execution_id = state.execution_id
         while not state.terminal and (left := deadline - self._clock()) > 0:
             try:
                 await self.pool.call(definition.placement, execution_id, "wait", left,
@@ -207,7 +284,10 @@ class ExecutionService:
             definition, state = await self.state(execution_id)
             if not state.terminal:
                 await asyncio.sleep(min(0.05, max(deadline - self._clock(), 0)))
-        return execution_view(definition, state, self._jaeger_url)
+        return definition, state
+
+    async def close(self) -> None:
+        await self._completions.close()
 
     async def resume_all(self) -> int:
         """Hand every non-terminal execution to its host (at ``serve`` start)."""

@@ -29,6 +29,7 @@ from coordinator.core.definition import SagaDefinition
 from coordinator.core.replay import apply, replay
 from coordinator.core.state import ExecutionState
 from coordinator.faults import FaultPoints
+from coordinator.finish_feed import FinishFeed
 from coordinator.invoker import Endpoint, HttpInvoker
 from coordinator.journal.base import Journal, SequenceConflict
 from coordinator.journal.factory import journal_from_url
@@ -68,6 +69,7 @@ class HostCore:
         self._runners: dict[str, ExecutionRunner] = {}
         # Executions whose start is claiming them; set once the start has answered.
         self._starting: dict[str, asyncio.Event] = {}
+        self.finishes = FinishFeed()
         self._opened = False
         self._opening = asyncio.Lock()
         self.started = 0
@@ -92,26 +94,41 @@ class HostCore:
         if self._opened:
             await self._journal.close()
 
-    async def start(self, execution_id: str, events: Sequence[ev.Event] | None = None) -> Answer:
-        """Claim and run an execution here; the answer's ``status`` says what happened."""
+    async def start(self, execution_id: str, events: Sequence[ev.Event] | None = None,
+                    fence: int | None = None) -> Answer:
+        """Claim and run an execution here; the answer's ``status`` says what happened.
+
+        ``fence`` is the token of a lease the execution was created with for this
+        host: adopted instead of claimed. If another host claimed it meanwhile, the
+        journal refuses the first append and the runner stops.
+        """
         if execution_id in self._runners or execution_id in self._starting:
             return self.placement("running")
         self._starting[execution_id] = asyncio.Event()
         try:
-            _, status = await self._claim_and_launch(execution_id, events)
+            _, status = await self._claim_and_launch(execution_id, events, fence)
             return self.placement(status)
         finally:
             self._starting.pop(execution_id).set()
 
+    async def start_many(
+        self, batch: Sequence[tuple[str, Sequence[ev.Event] | None, int | None]]
+    ) -> list[Answer]:
+        """:meth:`start` for each item, concurrently; the answers in the same order."""
+        return list(await asyncio.gather(*(self.start(*item) for item in batch)))
+
     async def _claim_and_launch(
-        self, execution_id: str, events: Sequence[ev.Event] | None
+        self, execution_id: str, events: Sequence[ev.Event] | None, fence: int | None = None
     ) -> tuple[ExecutionRunner | None, str]:
         state, definition = await self._load(execution_id, events)
         if state is None or definition is None:
             return None, "not_found"
         if state.terminal:
             return None, "terminal"
-        fence = await self._leases.claim(execution_id)
+        if fence is not None:
+            self._leases.adopt(execution_id, fence)
+        else:
+            fence = await self._leases.claim(execution_id)
         if fence is None:
             return None, "owned_elsewhere"
         if fence > 1 and events is not None:
@@ -233,6 +250,7 @@ class HostCore:
 
     def _forget(self, execution_id: str, task: asyncio.Task[ExecutionState]) -> None:
         self._runners.pop(execution_id, None)
+        self.finishes.record(execution_id)
         # A terminal append cleared the lease; any other stop leaves it to expire.
         self._leases.forget(execution_id)
         self.finished += 1

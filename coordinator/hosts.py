@@ -53,6 +53,15 @@ class SagaHost:
     async def start(self, execution_id: str, events: list[ev.Event] | None = None) -> Answer:
         return await self.core.start(execution_id, events)
 
+    async def start_many(
+        self, batch: list[tuple[str, list[ev.Event] | None, int | None]]
+    ) -> list[Answer]:
+        return await self.core.start_many(batch)
+
+    async def finished_since(self, incarnation: str | None, cursor: int | None,
+                             timeout: float) -> dict[str, Any]:
+        return await self.core.finishes.since(incarnation, cursor, timeout)
+
     async def cancel(self, execution_id: str, reason: str | None) -> str:
         return await self.core.cancel(execution_id, reason)
 

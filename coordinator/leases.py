@@ -51,6 +51,11 @@ class LeaseKeeper:
             self._ensure_running()
         return fence
 
+    def adopt(self, execution_id: str, fence: int) -> None:
+        """Hold a lease the journal gave this host at creation, as if claimed."""
+        self.fences[execution_id] = fence
+        self._ensure_running()
+
     def forget(self, execution_id: str) -> None:
         self.fences.pop(execution_id, None)
 

@@ -18,6 +18,7 @@ from ray.exceptions import RayActorError
 
 from coordinator.core import events as ev
 from coordinator.core.definition import Placement as PlacementKind
+from coordinator.handover import HandOverQueue
 from coordinator.hosts import DedicatedHost, HostConfig, SagaHost
 from coordinator.pool_hashing import rendezvous
 from coordinator.supervisor import Supervisor
@@ -35,6 +36,7 @@ class HostPool:
         self._names = [f"{namespace}-host-{index}" for index in range(size)]
         self._hosts: list[ActorHandle] = []
         self._supervisor: ActorHandle | None = None
+        self._queues: dict[str, HandOverQueue] = {}
 
     @property
     def names(self) -> list[str]:
@@ -60,17 +62,49 @@ class HostPool:
     def host_for(self, execution_id: str) -> ActorHandle:
         return self._hosts[rendezvous(execution_id, self._names)]
 
+    def host_name(self, execution_id: str, owner: str | None = None) -> str:
+        """The shared host that runs the execution: its recorded owner, else its hash."""
+        if owner in self._names:
+            return owner
+        return self._names[rendezvous(execution_id, self._names)]
+
+    async def finished_since(self, host: str, incarnation: str | None, cursor: int | None,
+                             timeout: float) -> dict[str, Any]:
+        """One long poll of a host's :class:`~coordinator.finish_feed.FinishFeed`."""
+        actor = self._hosts[self._names.index(host)]
+        return dict(await actor.finished_since.remote(incarnation, cursor, timeout))
+
+    def lease_for(self, placement: PlacementKind, execution_id: str) -> tuple[str, float] | None:
+        """``(host, seconds)`` to create a shared execution already leased to its host.
+
+        The host then adopts fence 1 instead of claiming, one journal write less per
+        saga. A host that never receives it lets the lease expire, and the supervisor
+        hands the execution to a live host.
+        """
+        if placement == "dedicated":
+            return None
+        return self.host_name(execution_id), self._config.lease_seconds
+
     async def dispatch(
-        self, placement: PlacementKind, execution_id: str, events: list[ev.Event] | None = None
+        self, placement: PlacementKind, execution_id: str, events: list[ev.Event] | None = None,
+        fence: int | None = None,
     ) -> dict[str, str | None]:
-        """Start (or resume) an execution on its host; returns where it runs."""
+        """Start (or resume) an execution on its host; returns where it runs.
+
+        ``fence`` is the token of a lease the journal already gave that host.
+        """
         if placement == "dedicated":
             actor = DedicatedHost.options(  # type: ignore[attr-defined]
                 name=self._dedicated_name(execution_id), namespace=self._namespace,
                 get_if_exists=True, lifetime="detached",
             ).remote(self._dedicated_name(execution_id), self._config)
             return dict(await actor.start.remote(execution_id, events))
-        return dict(await self.host_for(execution_id).start.remote(execution_id, events))
+        name = self.host_name(execution_id)
+        queue = self._queues.get(name)
+        if queue is None:
+            actor = self._hosts[self._names.index(name)]
+            queue = self._queues[name] = HandOverQueue(actor.start_many.remote)
+        return await queue.put(execution_id, events, fence)
 
     async def call(self, placement: PlacementKind, execution_id: str, method: str,
                    *args: Any, owner: str | None = None) -> Any:

@@ -5,7 +5,11 @@ Contract of :class:`ExecutionRunner`:
   the only writer of that execution's journal; every change, including a cancel
   or resume request, passes through its mailbox so writes are serialized.
 - Journals before it acts: an attempt's started event is durable before the
-  request is sent, and a reply's event before the next decision.
+  request is sent. A reply's event is applied at once and made durable together
+  with the round of decisions it leads to, in one append (or alone, when it leads
+  to none): nothing is sent before everything that led to it is durable, and a
+  crash before that append loses only replies, whose attempts recovery re-sends
+  with the same idempotency key.
 - Retries nothing by itself: the core schedules retries; the runner only keeps
   timers. A lost journal connection is retried with backoff; a sequence conflict
   means another host took over, and the runner stops without writing more.
@@ -101,6 +105,8 @@ class ExecutionRunner:
         self.fence = fence
         self._checkpoint = checkpoint or _no_checkpoint
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
+        # Applied to the state, not yet durable: written with the next append.
+        self._pending: list[ev.Event] = []
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.finished = asyncio.Event()
@@ -132,13 +138,12 @@ class ExecutionRunner:
 
     async def run(self) -> ExecutionState:
         try:
-            first = [*self._opening, *interrupted(self.state, self._clock())]
-            if first:
-                await self._write(first)
-            self.opened.set()
+            self._defer([*self._opening, *interrupted(self.state, self._clock())])
             while not self.state.terminal:
                 if not await self._step():
+                    await self._flush()
                     await self._wait()
+            await self._flush()
         except _Stop:
             pass
         finally:
@@ -182,7 +187,7 @@ class ExecutionRunner:
         replies = [m for m in batch if isinstance(m, _Replied)]
         if replies:
             self._checkpoint(AFTER_REPLY)
-            await self._write([self._judge(m) for m in replies])
+            self._defer([self._judge(m) for m in replies])
         for control in (m for m in batch if isinstance(m, _Control)):
             await self._apply_control(control)
 
@@ -230,14 +235,26 @@ class ExecutionRunner:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(delay, self._inbox.put_nowait, _TICK)
 
-    async def _write(self, events: list[ev.Event]) -> None:
+    def _defer(self, events: list[ev.Event]) -> None:
         for event in events:
             apply(self.definition, self.state, event)
-        after = self.state.last_seq - len(events)
+        self._pending.extend(events)
+
+    async def _flush(self) -> None:
+        if self._pending:
+            await self._write([])
+
+    async def _write(self, events: list[ev.Event]) -> None:
+        """Apply ``events`` and make them durable with everything still pending."""
+        self._defer(events)
+        batch = self._pending
+        after = self.state.last_seq - len(batch)
         for delay in (*JOURNAL_RETRY_SECONDS, None):
             try:
-                await self._journal.append(self.execution_id, after, events, self.state.status,
+                await self._journal.append(self.execution_id, after, batch, self.state.status,
                                            fence=self.fence)
+                self._pending = []
+                self.opened.set()
                 return
             except JournalUnavailable:
                 if delay is None:

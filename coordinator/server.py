@@ -73,6 +73,7 @@ class Stack:
     tracing: ApiTracing | None = None
 
     async def close(self) -> None:
+        await self.service.close()
         await self.journal.close()
         if self.tracing is not None:
             await self.tracing.close()

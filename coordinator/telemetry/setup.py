@@ -80,6 +80,9 @@ def new_span_id() -> int:
     return RandomIdGenerator().generate_span_id()
 
 
+DEFAULT_SCHEDULE_DELAY_MS = 1000.0
+
+
 def build_provider(service_name: str, env: Mapping[str, str]) -> TracerProvider:
     """A provider exporting over OTLP as ``env`` says, for the service ``service_name``."""
     attributes: dict[str, str | int] = dict(_resource_attributes(env))
@@ -89,7 +92,9 @@ def build_provider(service_name: str, env: Mapping[str, str]) -> TracerProvider:
                        "process.pid": os.getpid()})
     provider = TracerProvider(sampler=_sampler(env), resource=Resource.create(attributes),
                               id_generator=PresetIdGenerator())
+    # 1 s rather than the SDK's 5 s: a saga's last spans are in Jaeger soon after it ends.
     delay = _number(env, "OTEL_BSP_SCHEDULE_DELAY")
+    delay = DEFAULT_SCHEDULE_DELAY_MS if delay is None else delay
     queue = _number(env, "OTEL_BSP_MAX_QUEUE_SIZE")
     provider.add_span_processor(BatchSpanProcessor(
         _exporter(env), schedule_delay_millis=delay,

@@ -26,6 +26,7 @@ from coordinator.api import create_app
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
 from coordinator.executions import ExecutionService, SagaCatalog
+from coordinator.finish_feed import FinishFeed
 from coordinator.journal.base import ExecutionStatus
 from coordinator.journal.sqlite import SQLiteJournal
 from coordinator.openapi import openapi_document
@@ -82,13 +83,27 @@ class PoolStandIn:
         self.calls: list[tuple[str, str, tuple[Any, ...]]] = []
         self.answers: dict[str, Any] = {"cancel": "accepted", "resume": "accepted"}
         self.complete_on_dispatch = False
+        # The real feed a SagaHost keeps, fed by this stand-in's completions.
+        self.finishes = FinishFeed()
+
+    def host_name(self, execution_id: str, owner: str | None = None) -> str:
+        return "stand-in"
+
+    async def finished_since(self, host: str, incarnation: str | None, cursor: int | None,
+                             timeout: float) -> dict[str, Any]:
+        return await self.finishes.since(incarnation, cursor, timeout)
+
+    def lease_for(self, placement: str, execution_id: str) -> tuple[str, float] | None:
+        return None
 
     async def dispatch(self, placement: str, execution_id: str,
-                       events: list[ev.Event] | None = None) -> dict[str, str | None]:
+                       events: list[ev.Event] | None = None,
+                       fence: int | None = None) -> dict[str, str | None]:
         self.dispatched.append(execution_id)
         if self.complete_on_dispatch:
             done = ev.ExecutionCompleted(at=time.time(), output={"done": True})
             await append(self.journal, execution_id, [done], "completed")
+            self.finishes.record(execution_id)
         return {"host": "stand-in", "node_id": None}
 
     async def call(self, placement: str, execution_id: str, method: str, *args: Any,
@@ -198,4 +213,5 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         yield Stack(ContractClient(client), service, journal, pool, ready)
     finally:
         await client.close()
+        await service.close()
         await journal.close()

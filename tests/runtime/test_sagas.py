@@ -52,6 +52,9 @@ async def test_order_fulfillment_completes_with_one_effect_per_step(api: Api) ->
     assert all(len(entries) == 1 for entries in done.values())
     keys = {entries[0]["idempotency_key"] for entries in done.values()}
     assert f"{view['execution_id']}:charge_payment:action" in keys
+    # Created leased to its host, which adopted that lease instead of claiming again.
+    row = await api.stack.stack.journal.get_execution(view["execution_id"])  # type: ignore[attr-defined]
+    assert row is not None and row.fence == 1 and row.owner is None
 
 
 @pytest.mark.parametrize("failing", ORDER_STEPS)

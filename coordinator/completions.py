@@ -1,0 +1,107 @@
+"""Wakes the API's waiters (``?wait=``) when their execution stops on its host.
+
+Contract of :class:`CompletionWatch`:
+- Owns, in one API process, the table of waiting execution ids and one
+  long-poll loop per SagaHost (:meth:`FinishFeed.since`), started on first use
+  and kept running, so a finishing saga costs its waiter no Ray call.
+- A wake-up is only a hint to read the journal again: a waiter is woken when
+  its execution stopped on the host watched (terminal, or moved to another
+  host), and every waiter of a host is woken when that host's feed lost entries
+  (restart, overflow) or cannot be reached. Waiters also re-read the journal
+  on their own every few seconds, which covers executions that run elsewhere.
+- :meth:`primed` returns once the host's loop holds a cursor: anything that
+  finishes after that is seen, so a waiter checks the journal after priming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 10.0
+RETRY_SECONDS = 0.5
+# Fetches a host's feed: (host name, incarnation, cursor, timeout) -> answer.
+FeedCall = Callable[[str, str | None, int | None, float], Awaitable[dict[str, Any]]]
+
+
+class CompletionWatch:
+    def __init__(self, fetch: FeedCall) -> None:
+        self._fetch = fetch
+        self._waiters: dict[str, dict[str, asyncio.Future[None]]] = {}  # host -> id -> fut
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._primed: dict[str, asyncio.Event] = {}
+
+    def waiter(self, host: str, execution_id: str) -> asyncio.Future[None]:
+        """A future set when ``execution_id`` may have finished; one per id and host."""
+        waiting = self._waiters.setdefault(host, {})
+        future = waiting.get(execution_id)
+        if future is None or future.done():
+            future = asyncio.get_running_loop().create_future()
+            waiting[execution_id] = future
+        self._ensure_loop(host)
+        return future
+
+    def discard(self, host: str, execution_id: str) -> None:
+        future = self._waiters.get(host, {}).pop(execution_id, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    def is_primed(self, host: str) -> bool:
+        event = self._primed.get(host)
+        return event is not None and event.is_set()
+
+    async def primed(self, host: str) -> None:
+        self._ensure_loop(host)
+        await self._primed[host].wait()
+
+    async def close(self) -> None:
+        for task in self._loops.values():
+            task.cancel()
+        await asyncio.gather(*self._loops.values(), return_exceptions=True)
+        self._loops.clear()
+
+    def _ensure_loop(self, host: str) -> None:
+        task = self._loops.get(host)
+        if task is None or task.done():
+            self._primed.setdefault(host, asyncio.Event())
+            self._loops[host] = asyncio.get_running_loop().create_task(self._follow(host))
+
+    async def _follow(self, host: str) -> None:
+        incarnation: str | None = None
+        cursor: int | None = None
+        while True:
+            try:
+                answer = await self._fetch(host, incarnation, cursor, POLL_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.debug("finish feed of %s unavailable: %r", host, error)
+                incarnation = cursor = None
+                # Waiters fall back to reading the journal each time they are woken.
+                self._primed[host].set()
+                self._wake_all(host)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if not answer["complete"]:
+                self._wake_all(host)
+            incarnation, cursor = answer["incarnation"], answer["cursor"]
+            self._primed[host].set()
+            self._wake(host, answer["ids"])
+
+    def _wake(self, host: str, ids: list[str]) -> None:
+        waiting = self._waiters.get(host)
+        if not waiting:
+            return
+        for execution_id in ids:
+            future = waiting.pop(execution_id, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    def _wake_all(self, host: str) -> None:
+        waiting = self._waiters.pop(host, {})
+        for future in waiting.values():
+            if not future.done():
+                future.set_result(None)

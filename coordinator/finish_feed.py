@@ -1,0 +1,60 @@
+"""A host's record of the executions that stopped running on it, for waiters elsewhere.
+
+Contract of :class:`FinishFeed`:
+- Owns an in-memory, bounded, ordered log of execution ids, one entry each time a
+  runner on this host stops (terminal, fenced out or abandoned). Nothing in it is
+  durable: the journal is the truth, the feed only says "look again".
+- ``since`` is a long poll: it answers at once when entries exist past the
+  caller's cursor, otherwise when one arrives or ``timeout`` passes. One call
+  serves every waiter of an API process, so a finishing saga costs no Ray call
+  of its own.
+- An answer with ``complete: False`` means entries were lost to the caller
+  (the log wrapped, or the host restarted and its ``incarnation`` changed): the
+  caller must re-check its waiters in the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import deque
+from itertools import islice
+from typing import Any
+
+DEFAULT_KEEP = 50_000
+
+
+class FinishFeed:
+    def __init__(self, keep: int = DEFAULT_KEEP) -> None:
+        self.incarnation = uuid.uuid4().hex
+        self._ids: deque[str] = deque(maxlen=keep)
+        self._next = 0  # the cursor of the next entry
+        self._arrived = asyncio.Event()
+
+    def record(self, execution_id: str) -> None:
+        self._ids.append(execution_id)
+        self._next += 1
+        # Wake every poll waiting now; later polls wait on a fresh event.
+        self._arrived.set()
+        self._arrived = asyncio.Event()
+
+    async def since(self, incarnation: str | None, cursor: int | None,
+                    timeout: float) -> dict[str, Any]:
+        """``{"incarnation", "cursor", "ids", "complete"}`` past ``cursor``.
+
+        Without a cursor (or with another incarnation's), it answers the current
+        cursor at once, with ``complete`` False unless the caller had none.
+        """
+        if cursor is None or incarnation != self.incarnation:
+            return self._answer([], complete=cursor is None)
+        if cursor >= self._next:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        first = self._next - len(self._ids)
+        ids = list(islice(self._ids, max(cursor - first, 0), None))
+        return self._answer(ids, complete=cursor >= first)
+
+    def _answer(self, ids: list[str], *, complete: bool) -> dict[str, Any]:
+        return {"incarnation": self.incarnation, "cursor": self._next, "ids": ids,
+                "complete": complete}

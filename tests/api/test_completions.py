@@ -1,0 +1,106 @@
+"""The finish feed (host side), the completion watch (API side) and batched hand-over."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from coordinator.completions import CompletionWatch
+from coordinator.finish_feed import FinishFeed
+from coordinator.handover import HandOverQueue, Item
+
+
+async def test_feed_answers_entries_past_the_cursor_and_long_polls() -> None:
+    feed = FinishFeed()
+    first = await feed.since(None, None, 1.0)
+    assert first["complete"] and first["ids"] == [] and first["cursor"] == 0
+    feed.record("a")
+    answer = await feed.since(first["incarnation"], 0, 1.0)
+    assert answer["ids"] == ["a"] and answer["cursor"] == 1 and answer["complete"]
+    polling = asyncio.ensure_future(feed.since(first["incarnation"], 1, 5.0))
+    await asyncio.sleep(0.01)
+    assert not polling.done()
+    feed.record("b")
+    assert (await polling)["ids"] == ["b"]
+    assert (await feed.since(first["incarnation"], 2, 0.01))["ids"] == []
+
+
+async def test_feed_reports_lost_entries_as_incomplete() -> None:
+    feed = FinishFeed(keep=2)
+    for name in "abc":
+        feed.record(name)
+    wrapped = await feed.since(feed.incarnation, 0, 0.0)
+    assert not wrapped["complete"] and wrapped["ids"] == ["b", "c"]
+    restarted = await feed.since("an older incarnation", 3, 0.0)
+    assert not restarted["complete"] and restarted["cursor"] == 3
+
+
+async def test_watch_wakes_the_waiter_of_a_finished_execution_only() -> None:
+    feed = FinishFeed()
+    watch = CompletionWatch(lambda host, inc, cursor, timeout: feed.since(inc, cursor, timeout))
+    try:
+        await watch.primed("h")
+        done, pending = watch.waiter("h", "done"), watch.waiter("h", "still-running")
+        feed.record("done")
+        await asyncio.wait_for(done, 1.0)
+        await asyncio.sleep(0.01)
+        assert not pending.done()
+    finally:
+        await watch.close()
+
+
+async def test_watch_wakes_everyone_when_the_host_cannot_be_reached() -> None:
+    calls = 0
+
+    async def unreachable(host: str, inc: str | None, cursor: int | None,
+                          timeout: float) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("host restarting")
+
+    watch = CompletionWatch(unreachable)
+    try:
+        await asyncio.wait_for(watch.primed("h"), 1.0)
+        await asyncio.wait_for(watch.waiter("h", "x"), 2.0)
+        assert calls >= 2
+    finally:
+        await watch.close()
+
+
+async def test_hand_over_batches_what_queues_while_a_call_is_in_flight() -> None:
+    batches: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def start_many(items: list[Item]) -> list[dict[str, Any]]:
+        batches.append([execution_id for execution_id, _, _ in items])
+        await release.wait()
+        return [{"status": "running", "id": execution_id} for execution_id, _, _ in items]
+
+    queue = HandOverQueue(start_many)
+    first = queue.put("a", None)
+    await asyncio.sleep(0)
+    rest = [queue.put(name, None, 1) for name in "bcd"]
+    release.set()
+    answers = await asyncio.gather(first, *rest)
+    assert batches == [["a"], ["b", "c", "d"]]
+    assert [a["id"] for a in answers] == ["a", "b", "c", "d"]
+
+
+async def test_hand_over_failure_fails_its_batch_and_not_the_next() -> None:
+    calls = 0
+
+    async def start_many(items: list[Item]) -> list[dict[str, Any]]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("host gone")
+        return [{"status": "running"} for _ in items]
+
+    queue = HandOverQueue(start_many)
+    failed = queue.put("a", None)
+    try:
+        await failed
+        raise AssertionError("the first batch should fail")
+    except ConnectionError:
+        pass
+    assert (await queue.put("b", None))["status"] == "running"
