@@ -82,17 +82,23 @@ def log(message: str) -> None:
 class Child:
     """A ``python -m bench.procs ...`` child: one JSON line when ready, stops on SIGTERM."""
 
-    def __init__(self, name: str, args: list[str]) -> None:
+    def __init__(self, name: str, args: list[str], tree: Path | None = None) -> None:
         self.name = name
         self.args = args
+        # Another checkout whose coordinator code this child runs (A/B across commits).
+        self.tree = tree
         self.proc: asyncio.subprocess.Process | None = None
         self.info: dict[str, Any] = {}
 
     async def start(self) -> dict[str, Any]:
         WORK.mkdir(parents=True, exist_ok=True)
         stderr = (WORK / f"{self.name}.log").open("ab")
+        env = dict(os.environ)
+        if self.tree is not None:
+            # First on the path of this process and of the Ray workers it starts.
+            env["PYTHONPATH"] = os.pathsep.join([str(self.tree), env.get("PYTHONPATH", "")])
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.procs", *self.args, cwd=ROOT,
+            sys.executable, "-m", "bench.procs", *self.args, cwd=self.tree or ROOT, env=env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
             start_new_session=True)
         stderr.close()
@@ -167,7 +173,7 @@ class Bench:
         return self.session
 
     async def start_coordinator(self, label: str, journal: str, otlp: str | None = None,
-                                patch: str | None = None) -> None:
+                                patch: str | None = None, tree: Path | None = None) -> None:
         services_file = self.dir / "services.yaml"
         services_file.write_text(services_yaml(self.urls))
         args = ["coordinator", "--journal", journal, "--services", str(services_file),
@@ -177,7 +183,7 @@ class Bench:
         patch = self.args.patch if patch is None else patch
         if patch:
             args += ["--patch", patch]
-        self.coordinator = Child(f"coordinator-{label}", args)
+        self.coordinator = Child(f"coordinator-{label}", args, tree)
         began = time.perf_counter()
         info = await self.coordinator.start()
         log(f"coordinator {label} up in {time.perf_counter() - began:.1f}s: {info}")
@@ -614,7 +620,7 @@ async def side_by_side(bench: Bench, scenario: str, sides: list[dict[str, Any]],
         for side in sides:
             await bench.start_coordinator(f"{scenario}-{side['label']}".replace(" ", "-"),
                                           side["journal"], otlp=side.get("otlp"),
-                                          patch=side.get("patch", ""))
+                                          patch=side.get("patch", ""), tree=side.get("tree"))
             assert bench.coordinator is not None
             if side.get("otlp") and not bench.coordinator.info.get("tracing"):
                 raise NotMeasured("tracing did not turn on in the coordinator")
@@ -690,11 +696,14 @@ async def run(args: argparse.Namespace) -> int:
     journal_path = bench.dir / "journal.db"
     pg = None
     try:
-        if args.ab:
+        if args.ab or args.ab_base_tree:
+            tree = Path(args.ab_base_tree).resolve() if args.ab_base_tree else None
             await side_by_side(bench, "AB", [
-                {"label": args.ab_base or "base", "journal": f"sqlite:///{bench.dir / 'base.db'}",
+                {"label": args.ab_base or (f"tree-{tree.name}" if tree else "base"),
+                 "journal": f"sqlite:///{bench.dir / 'base.db'}", "tree": tree,
                  "patch": args.ab_base, "otlp": bench.control if args.ab_tracing else None},
-                {"label": args.ab, "journal": f"sqlite:///{bench.dir / 'patched.db'}",
+                {"label": args.ab or "this-tree",
+                 "journal": f"sqlite:///{bench.dir / 'patched.db'}",
                  "patch": args.ab, "otlp": bench.control if args.ab_tracing else None}],
                 args.n, args.c, args.repeat, args.n1)
             only = set()
@@ -784,7 +793,8 @@ def report(bench: Bench) -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     suffix = ("-quick" if args.quick else "") + (f"-patch-{args.patch}" if args.patch else "")
-    suffix += f"-ab-{args.ab_base or 'base'}-vs-{args.ab}" if args.ab else ""
+    if args.ab or args.ab_base_tree:
+        suffix += f"-ab-{args.ab_base or 'base'}-vs-{args.ab or 'tree'}"
     path = RESULTS / f"{time.strftime('%Y-%m-%d')}{suffix.replace(',', '+')}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(table(bench.results))
@@ -902,6 +912,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="only A/B: unpatched vs patched coordinators, alternated")
     parser.add_argument("--ab-base", default="", metavar="PATCHES",
                         help="patches of the A/B baseline side (default: none)")
+    parser.add_argument("--ab-base-tree", default="", metavar="PATH",
+                        help="A/B: the baseline side runs the code of another checkout "
+                             "(e.g. a git worktree of an older commit) against this tree")
     parser.add_argument("--ab-tracing", action="store_true",
                         help="A/B with tracing on in both coordinators")
     parser.add_argument("--profile", type=int, default=0, metavar="SECONDS",
