@@ -299,6 +299,17 @@ class RayCluster:
         return f"{self.head.ip}:{self.head.ports['gcs']}"
 
     @property
+    def ray_executable(self) -> str:
+        return self._ray
+
+    @property
+    def dashboard_url(self) -> str:
+        """The dashboard's HTTP address, which ``ray job`` takes as ``--address``."""
+        if self.head is None:
+            raise RuntimeError("the head node is not started")
+        return f"http://{self.head.ip}:{self.head.ports['dashboard']}"
+
+    @property
     def env(self) -> dict[str, str]:
         """The variables a client of this cluster needs, on top of its usual environment."""
         return {
@@ -315,7 +326,13 @@ class RayCluster:
         return env
 
     def _base_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_RAY_VARS}
+        # A SAGARAY_* of the caller's shell (API tokens, say) would configure a `sagaray
+        # serve` run as a Ray job on a node: tests configure it by flags only.
+        env = {k: v for k, v in os.environ.items()
+               if k not in _FOREIGN_RAY_VARS and not k.startswith("SAGARAY_")}
+        # Jobs' entrypoints run in a shell on a node: `sagaray` and `ray` must be on its PATH,
+        # as they are where the package is installed system-wide (the image).
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(self.token_path)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -329,8 +346,13 @@ class RayCluster:
     # -- starting nodes ------------------------------------------------------------------
 
     def start_head(
-        self, cpus: int = 1, resources: Mapping[str, float] | None = None
+        self, cpus: int = 1, resources: Mapping[str, float] | None = None,
+        *, dashboard: bool = False,
     ) -> ClusterNode:
+        """Start the head; ``dashboard=True`` serves the dashboard and its job server.
+
+        The dashboard listens on the head's own address (``dashboard_url``), never 0.0.0.0.
+        """
         if self.head is not None:
             raise RuntimeError("the head node is already started")
         singles = _free_port_block(_SINGLE_PORTS_PER_NODE)
@@ -344,9 +366,10 @@ class RayCluster:
         args = [
             "--head",
             f"--port={ports['gcs']}",
-            # The dashboard head still runs (minimal, for usage stats) and the client server
-            # always does: both get ports of ours instead of 8265 and 10001.
-            "--include-dashboard=false",
+            # Without the dashboard, its head still runs (minimal, for usage stats), and the
+            # client server always does: both get ports of ours instead of 8265 and 10001.
+            f"--include-dashboard={'true' if dashboard else 'false'}",
+            f"--dashboard-host={HEAD_IP}",
             f"--dashboard-port={ports['dashboard']}",
             f"--ray-client-server-port={ports['client_server']}",
         ]

@@ -21,25 +21,19 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 WORKER_RESOURCE = "node_b"
 
 
-def _start(cluster: RayCluster) -> tuple[ClusterNode, ClusterNode]:
-    head = cluster.start_head(cpus=1)
+def _start(cluster: RayCluster, dashboard: bool) -> tuple[ClusterNode, ClusterNode]:
+    head = cluster.start_head(cpus=1, dashboard=dashboard)
     worker = cluster.add_worker(cpus=1, resources={WORKER_RESOURCE: 1})
     return head, worker
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[RayCluster]:
-    """A head (1 CPU) and one worker (1 CPU, ``node_b: 1``), both joined and alive.
-
-    ``cluster.head`` and ``cluster.workers[0]`` are the nodes. Failing to start is a test
-    failure, never a skip: a cluster test that silently does not run proves nothing, in CI
-    (CI=true) least of all.
-    """
+def _two_nodes(dashboard: bool) -> Iterator[RayCluster]:
+    """Start the cluster, yield it, stop it; failing to start fails the test, never skips."""
     cluster: RayCluster | None = None
     failure = None
     try:
         cluster = RayCluster()
-        _start(cluster)
+        _start(cluster, dashboard)
     except Exception as exc:
         if cluster is not None:
             cluster.stop()
@@ -52,3 +46,23 @@ def ray_cluster() -> Iterator[RayCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A head (1 CPU) and one worker (1 CPU, ``node_b: 1``), both joined and alive.
+
+    ``cluster.head`` and ``cluster.workers[0]`` are the nodes. Failing to start is a test
+    failure, never a skip: a cluster test that silently does not run proves nothing, in CI
+    (CI=true) least of all.
+    """
+    yield from _two_nodes(dashboard=False)
+
+
+@pytest.fixture(scope="module")
+def ray_job_cluster() -> Iterator[RayCluster]:
+    """``ray_cluster`` with the dashboard, hence the job server, on the head.
+
+    ``cluster.dashboard_url`` is the address ``ray job`` takes (``tests/ray_jobs.py``).
+    """
+    yield from _two_nodes(dashboard=True)
