@@ -266,6 +266,22 @@ def test_every_ray_process_uses_token_auth_with_one_token() -> None:
     assert any(o.startswith("-e RAY_AUTH_TOKEN_PATH=") for o in docker)
 
 
+def test_ray_cluster_yaml_passes_the_launchers_own_checks() -> None:
+    """Ray's schema and the local provider's checks, as ``ray up`` runs them first."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = load(DEPLOY / "ray-cluster.yaml")[0]
+    validate_config(prepare_config(config))
+    # The launcher starts every container with --net=host (ray/autoscaler/_private/
+    # docker.py): a published port would be discarded, and the API is the host's port.
+    options = [shlex.split(o)[0] for o in config["docker"]["run_options"]]
+    assert not {"-p", "--publish", "--net", "--network"} & set(options), options
+    # Inside the containers the launcher runs rsync (bootstrap files) and the head's
+    # autoscaler runs ssh (to the workers): the image must carry both.
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"apt-get install [^\n]*\brsync\b[^\n]*\bopenssh-client\b", dockerfile)
+
+
 def test_every_served_api_has_tokens() -> None:
     for container in all_containers():
         for line in command_lines(container.argv):

@@ -133,6 +133,7 @@ async def test_the_coordinator_runs_as_a_ray_job_and_stops_with_it(
         jobs.run, jobs.submit_command(f"{job_id}-refused", ["true"]),
         {"RAY_AUTH_TOKEN": "0" * 64})
     assert refused.returncode != 0, refused.stdout
+    assert "InvalidAuthToken" in refused.stdout + refused.stderr, refused.stderr
 
     await asyncio.to_thread(jobs.submit, job_id, serve_entrypoint(tmp_path, port))
     timeout = aiohttp.ClientTimeout(total=120)
