@@ -13,6 +13,8 @@ test's event loop.
 from __future__ import annotations
 
 import asyncio
+import re
+import shlex
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +24,7 @@ import aiohttp
 import pytest
 import yaml
 
+from coordinator.cli import build_parser
 from services.runner import write_services_file
 from tests.cluster import RayCluster
 from tests.conftest import ROOT, free_port
@@ -167,3 +170,25 @@ async def test_the_coordinator_runs_as_a_ray_job_and_stops_with_it(
         with pytest.raises(aiohttp.ClientConnectionError):
             async with session.get(f"{url}/healthz"):
                 pass
+
+
+def test_the_readme_shows_the_ray_job_the_test_runs(tmp_path: Path) -> None:
+    """README's "The coordinator as a Ray job" submits what the test above submits."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### The coordinator as a Ray job", 1)[1].split("\n### ", 1)[0]
+    block = re.sub(r"\\\n\s*", " ", section.split("```sh\n", 1)[1].split("```", 1)[0])
+    submit = next(line for line in block.splitlines() if line.startswith("ray job submit"))
+    ray_part, _, entrypoint = submit.partition(" -- ")
+    documented = shlex.split(entrypoint)
+    tested = serve_entrypoint(tmp_path, 8080)
+    assert documented[:2] == tested[:2] == ["sagaray", "serve"]
+
+    def flags(argv: list[str]) -> set[str]:
+        return {word for word in argv if word.startswith("--")}
+
+    # The test adds only a namespace of its own, so that its actors stay apart.
+    assert flags(documented) == flags(tested) - {"--namespace"}
+    assert build_parser().parse_args(documented[1:]).ray_address == "auto"
+    assert set(shlex.split(ray_part)) >= {"--address", "--no-wait", "--submission-id"}
+    assert {verb for verb in ("status", "logs", "stop") if f"ray job {verb} " in block} == {
+        "status", "logs", "stop"}
