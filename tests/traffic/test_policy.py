@@ -33,7 +33,7 @@ services:
     queue_timeout: 250ms
 """)
     services = load_services(path)
-    one, many, tuned = services["one"], services["many"], services["tuned"]
+    one, many = services["one"], services["many"]
     assert one.traffic_only() == TrafficPolicy()
     assert one.effective_outlier(len(one.urls)) is None  # a single url is never ejected
     assert many.urls == ("http://a:1", "http://b:1")
