@@ -54,6 +54,9 @@ class ServiceTraffic:
                          if policy.max_concurrency is not None else None)
         self._rng = rng
         self._several = len(urls) > 1
+        # One instance that is never ejected nor health-checked: no choice to make.
+        self._only = (self.instances[0] if outlier is None and policy.health_path is None
+                      and not self._several else None)
         self._failed_on: dict[str, Instance] = {}
         self._health: asyncio.Task[None] | None = None
 
@@ -86,12 +89,14 @@ class ServiceTraffic:
             bulkhead.release()
 
     async def _route(self, key: str, send: Send) -> Reply:
-        avoid = self._failed_on.pop(key, None) if self._several else None
-        instance = pick(self.instances, self._rng, avoid)
+        instance = self._only
         if instance is None:
-            return self._all_ejected()
+            avoid = self._failed_on.pop(key, None) if self._several else None
+            instance = pick(self.instances, self._rng, avoid)
+            if instance is None:
+                return self._all_ejected()
+            instance.circuit.acquire()
         circuit = instance.circuit
-        circuit.acquire()
         instance.outstanding += 1
         try:
             reply = await send(instance.url)
