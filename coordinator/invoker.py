@@ -9,7 +9,10 @@ the core, so they never reach the journal, logs, spans or API responses.
 
 Each attempt is routed by the service's :class:`~coordinator.traffic.ServiceTraffic`
 (instance choice, outlier ejection, bulkhead, health checks: docs/traffic.md); an
-attempt it refuses is never sent and comes back as a retryable reply.
+attempt it refuses is never sent and comes back as a retryable reply. A retry is
+recognised by its idempotency key (the same for every attempt of a step's action or
+compensation) and goes to another instance than the failed attempt when it can; that
+memory is this host's only, so after a hand-over the first retry may land anywhere.
 """
 
 from __future__ import annotations
