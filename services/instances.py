@@ -69,12 +69,22 @@ class RunningInstances:
         else:
             self.apps[index], self.runners[index] = app, runner
 
-    async def stop(self, index: int) -> None:
-        """Kill instance ``index``: its port refuses new connections from now on."""
+    async def stop(self, index: int, *, abort: bool = False) -> None:
+        """Kill instance ``index``: its port refuses new connections from now on.
+
+        ``abort`` also cuts its open connections at once, as a crash would: callers
+        with a request in flight see the connection lost (their outcome unknown),
+        while the handler still finishes against the shared store.
+        """
         runner = self.runners[index]
         self.runners[index] = None
-        if runner is not None:
-            await runner.cleanup()
+        if runner is None:
+            return
+        if abort and runner.server is not None:
+            for connection in list(runner.server.connections):
+                if connection.transport is not None:
+                    connection.transport.abort()
+        await runner.cleanup()
 
     async def restart(self, index: int) -> None:
         """Serve instance ``index`` again on its port, with no fault rules."""

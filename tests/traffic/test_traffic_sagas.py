@@ -30,10 +30,12 @@ async def test_killing_an_instance_mid_load_fails_no_saga(traffic_stack: Traffic
         {"inventory": 3, "shipping": 1, "orders": 1},
         {"inventory": {"outlier": {"consecutive_failures": 3, "ejection": "5s"}}}, hosts=2)
     inventory = stack.instances["inventory"]
+    for url in inventory.urls:  # a few requests in flight on each instance at any time
+        await add_fault(stack.api.session, url, {"path": "/reservations", "fault": "latency=150"})
 
     async def kill_later() -> None:
         await asyncio.sleep(1.0)
-        await inventory.stop(1)
+        await inventory.stop(1, abort=True)
 
     results, _ = await asyncio.gather(stack.run_all("traffic_order", 60, spread=0.04),
                                       kill_later())
@@ -43,11 +45,16 @@ async def test_killing_an_instance_mid_load_fails_no_saga(traffic_stack: Traffic
     snapshots = await stack.host_traffic()
     dead = [i for snap in snapshots.values() for i in snap["instances"]
             if i["url"] == inventory.urls[1]]
-    print(f"\nkill one of 3 inventory instances after 1 s of 60 sagas over 2.4 s: "
+    lost = len([e for r in results for e in await stack.events(r["execution_id"])
+                if e["type"] == "step_attempt_failed" and "connection lost" in e["error"]])
+    print(f"\ncrash one of 3 inventory instances (150 ms replies) after 1 s of 60 sagas "
+          f"over 2.4 s: {lost} attempts lost in flight, "
           f"statuses {dict(seen)}, {retried} reserve steps retried elsewhere, requests per "
           f"instance {inventory.requests()}, dead instance per host "
           f"{[(i['state'], i['ejections']) for i in dead]}")
     assert seen == Counter({"completed": 60})
+    keys = [e["idempotency_key"] for e in inventory.store.ledger.entries if e["kind"] == "forward"]
+    assert len(keys) == len(set(keys)) == 60  # a lost attempt's retry acted once, elsewhere
     # Each host that met the dead instance 3 times in a row took it out of rotation.
     assert any(i["ejections"] >= 1 for i in dead)
     assert all(i["state"] == "open" for i in dead if i["ejections"])
