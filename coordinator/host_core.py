@@ -75,6 +75,10 @@ class HostCore:
         self.started = 0
         self.finished = 0
 
+    def traffic_snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """This host's per-instance circuit states and bulkhead counters."""
+        return self._invoker.traffic_snapshot()
+
     def placement(self, status: str) -> Answer:
         return {"host": self.host_id, "node_id": self.node_id, "status": status}
 

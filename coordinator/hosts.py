@@ -74,6 +74,10 @@ class SagaHost:
     async def stats(self) -> dict[str, Any]:
         return self.core.stats()
 
+    async def traffic(self) -> dict[str, Any]:
+        """``HttpInvoker.traffic_snapshot()`` of this host (instances, bulkheads)."""
+        return self.core.traffic_snapshot()
+
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1_000)
 class DedicatedHost:

@@ -6,6 +6,13 @@ covers the whole exchange. It never retries by itself (the core decides) and
 never raises for a failed call: every outcome, including a refused connection,
 comes back as a :class:`Reply`. Service headers (tokens) are added here, after
 the core, so they never reach the journal, logs, spans or API responses.
+
+Each attempt is routed by the service's :class:`~coordinator.traffic.ServiceTraffic`
+(instance choice, outlier ejection, bulkhead, health checks: docs/traffic.md); an
+attempt it refuses is never sent and comes back as a retryable reply. A retry is
+recognised by its idempotency key (the same for every attempt of a step's action or
+compensation) and goes to another instance than the failed attempt when it can; that
+memory is this host's only, so after a hand-over the first retry may land anywhere.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +31,7 @@ import aiohttp
 
 from coordinator.core.commands import HttpRequest
 from coordinator.core.outcomes import Reply
+from coordinator.traffic import DEFAULT_POLICY, ServiceTraffic, TrafficPolicy
 
 log = logging.getLogger(__name__)
 # Called with the URL and the headers just before a request leaves; it may add
@@ -32,21 +41,29 @@ SendHook = Callable[[str, dict[str, str]], None]
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a service lives and how to authenticate; ``headers`` resolves secrets late."""
+    """Where a service lives, how to authenticate (``headers`` resolves secrets late),
+    and how its traffic is spread and limited."""
 
     name: str
     urls: tuple[str, ...]
     headers: Callable[[], dict[str, str]] = field(default=dict, repr=False)
+    traffic: TrafficPolicy = DEFAULT_POLICY
 
 
 class HttpInvoker:
+    """``rng`` breaks ties between instances and ``clock`` (monotonic seconds) times
+    ejections; both are injected so tests can make them deterministic."""
+
     def __init__(self, endpoints: Mapping[str, Endpoint], *, pool_size: int = 512,
-                 on_send: SendHook | None = None) -> None:
+                 on_send: SendHook | None = None, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._endpoints = dict(endpoints)
         self._pool_size = pool_size
         self._on_send = on_send
         self._session: aiohttp.ClientSession | None = None
-        self._next: dict[str, int] = {}
+        chooser = rng or random.Random()
+        self._traffic = {name: ServiceTraffic(name, e.urls, e.traffic, chooser, clock)
+                         for name, e in self._endpoints.items()}
 
     async def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -57,14 +74,21 @@ class HttpInvoker:
         return self._session
 
     async def close(self) -> None:
+        for traffic in self._traffic.values():
+            await traffic.close()
         if self._session is not None:
             await self._session.close()
 
-    def _url(self, request: HttpRequest) -> str:
-        endpoint = self._endpoints[request.service]
-        index = self._next.get(request.service, 0)
-        self._next[request.service] = index + 1
-        return endpoint.urls[index % len(endpoint.urls)].rstrip("/") + request.path
+    def traffic_snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Per-instance circuit state and per-service bulkhead counters of this host."""
+        instances: list[dict[str, Any]] = []
+        bulkheads: list[dict[str, Any]] = []
+        for traffic in self._traffic.values():
+            found, bulkhead = traffic.snapshot()
+            instances += found
+            if bulkhead is not None:
+                bulkheads.append(bulkhead)
+        return {"instances": instances, "bulkheads": bulkheads}
 
     async def invoke(self, request: HttpRequest) -> Reply:
         endpoint = self._endpoints.get(request.service)
@@ -76,10 +100,16 @@ class HttpInvoker:
         except KeyError as missing:
             # Names the service, header and variable; never a value.
             return Reply(failure="connection_refused", error=str(missing))
-        url = self._url(request)
-        if self._on_send is not None:
-            self._on_send(url, headers)
-        return await self._send(request, url, headers)
+        traffic = self._traffic[request.service]
+        traffic.start_health_checks(self._client)
+
+        async def send(base: str) -> Reply:
+            url = base + request.path
+            if self._on_send is not None:
+                self._on_send(url, headers)
+            return await self._send(request, url, headers)
+
+        return await traffic.send(request.idempotency_key, send)
 
     async def _send(self, request: HttpRequest, url: str, headers: dict[str, str]) -> Reply:
         session = await self._client()

@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -29,6 +28,7 @@ from pydantic import (
 from coordinator.core.definition import NAME_PATTERN, SagaDefinition
 from coordinator.core.documents import problems_from_error, validate_document
 from coordinator.core.validation import Problem
+from coordinator.traffic.policy import TrafficPolicy
 
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ANY_PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
@@ -138,9 +138,11 @@ def _definition_or_problems(
 # --- services ------------------------------------------------------------------------
 
 
-class ServiceConfig(BaseModel):
-    """A named HTTP service. Header values are templates (``${env:NAME}``) resolved
-    only when a request is made, so secrets never sit in this object or its repr."""
+class ServiceConfig(TrafficPolicy):
+    """A named HTTP service: one ``url`` or several ``urls`` (instances), and the
+    traffic fields of :class:`TrafficPolicy`. Header values are templates
+    (``${env:NAME}``) resolved only when a request is made, so secrets never sit in
+    this object or its repr."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
@@ -176,7 +178,9 @@ class ServiceConfig(BaseModel):
             return value  # url (urls[0] when only urls is given) failed, and says so already
         checked = tuple(_checked_url(url) for url in value)
         if not checked or checked[0] != info.data["url"]:
-            raise ValueError("url and urls disagree; give only one of them")
+            raise ValueError("give url or urls, not both")
+        if len(set(checked)) != len(checked):
+            raise ValueError("urls lists the same instance twice")
         return checked
 
     @field_validator("headers")
@@ -249,6 +253,8 @@ def _service(
         return None, [Problem(file, None, where, "must be a mapping with url and headers")]
     if "name" in entry:
         return None, [Problem(file, None, f"{where}.name", "the name is the key; remove it")]
+    if "url" in entry and "urls" in entry:
+        return None, [Problem(file, None, f"{where}.urls", "give url or urls, not both")]
     try:
         return ServiceConfig.model_validate({**entry, "name": name}), []
     except ValidationError as error:

@@ -82,7 +82,8 @@ class Stack:
 def endpoints_of(services: Mapping[str, ServiceConfig]) -> dict[str, Endpoint]:
     # partial, not a lambda: it travels to Ray actors by pickle, and reads the
     # environment of the host process at request time.
-    return {name: Endpoint(name, config.urls, partial(resolve_headers, config))
+    return {name: Endpoint(name, config.urls, partial(resolve_headers, config),
+                           config.traffic_only())
             for name, config in services.items()}
 
 

@@ -34,6 +34,7 @@ from services.common import (
     ServiceConfig,
     ServiceSpec,
     ServiceState,
+    SharedStore,
     bad_request,
 )
 from services.faults import FaultRule, FaultSet, FaultSpecError, parse_faults
@@ -74,16 +75,23 @@ def config_from_env(
     return dataclasses.replace(ServiceConfig(spec.name, required_token=token), **options)
 
 
-def build_app(spec: ServiceSpec, config: ServiceConfig | None = None) -> web.Application:
-    """A fresh application for ``spec``; all its state lives in ``app[STATE_KEY]``."""
+def build_app(spec: ServiceSpec, config: ServiceConfig | None = None,
+              store: SharedStore | None = None) -> web.Application:
+    """A fresh application for ``spec``; all its state lives in ``app[STATE_KEY]``.
+
+    Instances of one service built with the same ``store`` share records, ledger and
+    stored replies (one instance can confirm what another created); fault rules and
+    settings stay per instance.
+    """
     config = config or ServiceConfig(spec.name)
     if config.name != spec.name:
         raise ValueError(f"config for {config.name!r} given to service {spec.name!r}")
     app = web.Application(middlewares=[problem_middleware])
-    app[STATE_KEY] = ServiceState(config)
+    app[STATE_KEY] = ServiceState(config, store)
     for action in spec.actions:
         app.router.add_route(action.method, action.path, action_handler(action))
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/_health", health)
     app.router.add_get("/_ledger", get_ledger)
     app.router.add_post("/_reset", post_reset)
     app.router.add_get("/_faults", get_faults)
@@ -102,6 +110,7 @@ async def _release_holds(app: web.Application) -> None:
 def action_handler(action: Action) -> RouteHandler:
     async def handle(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE_KEY]
+        state.requests += 1
         _check_auth(request, state.config)
         body = await _read_body(request)
         faults = _faults_for(request, state, body)
@@ -244,6 +253,23 @@ async def problem_middleware(request: web.Request, handler: RouteHandler) -> web
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "service": request.app[STATE_KEY].name})
+
+
+async def health(request: web.Request) -> web.Response:
+    """The health check the coordinator polls: the instance's ``/_faults`` rules for
+    ``/_health`` (or ``/**``) and its ``--latency-ms`` apply, so a test can make it slow
+    (``latency``), failing (``error``) or hanging (``timeout``). ``--error-rate`` does
+    not apply: a random 503 here would take a healthy instance out of rotation."""
+    state = request.app[STATE_KEY]
+    faults = state.rules.consume("GET", "/_health", {})
+    await _delay(state, faults)
+    if "error" in faults:
+        raise ProblemError(503, "Service unavailable", "injected fault: error",
+                           slug="unavailable")
+    if "timeout" in faults:
+        await state.hold()
+    return web.json_response({"status": "ok", "service": state.name,
+                              "requests": state.requests})
 
 
 async def get_ledger(request: web.Request) -> web.Response:

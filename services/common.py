@@ -166,18 +166,36 @@ class ReplyStore:
         self._locks.clear()
 
 
-class ServiceState:
-    """Everything one running service instance remembers; lives in ``app[STATE_KEY]``."""
+class SharedStore:
+    """What the instances of one service share, as instances behind one database would:
+    records, ledger, stored replies and the ``-once`` memory."""
 
-    def __init__(self, config: ServiceConfig) -> None:
-        self.config = config
+    def __init__(self) -> None:
         self.ledger = Ledger()
         self.replies = ReplyStore()
-        self.rules = FaultRules()
         self.once_seen: set[tuple[str, str]] = set()
         self.tables: dict[str, dict[str, Any]] = {}
+
+
+class ServiceState:
+    """Everything one running service instance remembers; lives in ``app[STATE_KEY]``.
+
+    Fault rules, settings and the request count belong to the instance; the rest lives
+    in its :class:`SharedStore`, its own unless it is given one shared with other
+    instances of the service.
+    """
+
+    def __init__(self, config: ServiceConfig, store: SharedStore | None = None) -> None:
+        self.config = config
+        self.store = store or SharedStore()
+        self.ledger = self.store.ledger
+        self.replies = self.store.replies
+        self.once_seen = self.store.once_seen
+        self.tables = self.store.tables
+        self.rules = FaultRules()
         self.rng = random.Random(config.seed)
         self.closing = asyncio.Event()
+        self.requests = 0  # business requests this instance received
 
     @property
     def name(self) -> str:
@@ -200,6 +218,7 @@ class ServiceState:
         self.rules.clear()
         self.once_seen.clear()
         self.tables.clear()
+        self.requests = 0
 
     async def hold(self) -> None:
         """Keep a reply back so the caller times out; shutdown releases it early."""

@@ -66,9 +66,13 @@ def _parse_latency(value: str) -> int:
     return millis
 
 
+ANY_PATH = "/**"
+
+
 def path_matches(pattern: str, path: str) -> bool:
-    """Exact match, or segment-wise match where a ``*`` segment matches any one segment."""
-    if pattern == path:
+    """Exact match, segment-wise match where a ``*`` segment matches any one segment,
+    or ``/**``, which matches every path (to make a whole instance slow or failing)."""
+    if pattern in (path, ANY_PATH):
         return True
     want = pattern.strip("/").split("/")
     got = path.strip("/").split("/")

@@ -8,14 +8,17 @@ started from a shell would; pass ``configs`` or ``environ={}`` to decide it in c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from services.app import build_app, config_from_env
 from services.client import add_fault, clear_faults, fetch_ledger, reset
 from services.common import ServiceConfig
+from services.instances import RunningInstances, start_instances
 from services.registry import DEFAULT_PORTS, SERVICE_NAMES, SPECS, get_spec
 from services.serve import (
     DEFAULT_HOST,
@@ -27,6 +30,7 @@ from services.serve import (
 from services.tracing import instrument
 
 __all__ = [
+    "RunningInstances",
     "RunningServices",
     "add_fault",
     "clear_faults",
@@ -34,6 +38,7 @@ __all__ = [
     "render_services_yaml",
     "reset",
     "run_all",
+    "start_instances",
     "start_services",
     "write_services_file",
 ]
@@ -69,11 +74,17 @@ async def start_services(
     return await start_apps(apps, host, ports or {})
 
 
-def render_services_yaml(urls: Mapping[str, str]) -> str:
-    """A services file for ``urls``; a service with a token variable gets its header."""
+def render_services_yaml(urls: Mapping[str, str | Sequence[str]],
+                         traffic: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """A services file for ``urls`` (a list gives ``urls:``, several instances); a service
+    with a token variable gets its header, and ``traffic[name]`` its traffic fields
+    (``health_path``, ``outlier``, ``max_concurrency``... as YAML flow values)."""
     lines = ["# Demo services (python -m services.<name>, or `sagaray services`).", "services:"]
     for name, url in urls.items():
-        lines += [f"  {name}:", f"    url: {url}"]
+        where = f"url: {url}" if isinstance(url, str) else f"urls: [{', '.join(url)}]"
+        lines += [f"  {name}:", f"    {where}"]
+        lines += [f"    {key}: {json.dumps(value)}"
+                  for key, value in (traffic or {}).get(name, {}).items()]
         spec = SPECS.get(name)
         if spec is not None and spec.token_env:
             header = f'"Bearer ${{env:{spec.token_env}}}"'
@@ -81,10 +92,11 @@ def render_services_yaml(urls: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_services_file(urls: dict[str, str], path: str | Path) -> Path:
-    """Write ``render_services_yaml(urls)`` to ``path`` (blocking file I/O)."""
+def write_services_file(urls: Mapping[str, str | Sequence[str]], path: str | Path,
+                        traffic: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write ``render_services_yaml(urls, traffic)`` to ``path`` (blocking file I/O)."""
     target = Path(path)
-    target.write_text(render_services_yaml(urls), encoding="utf-8")
+    target.write_text(render_services_yaml(urls, traffic), encoding="utf-8")
     return target
 
 
