@@ -23,6 +23,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from coordinator.admission import Admission
 from coordinator.completions import CompletionWatch
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
@@ -97,8 +98,11 @@ class ExecutionService:
         jaeger_url: str | None = None,
         clock: Callable[[], float] = time.time,
         saga_trace: TraceHook | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.catalog = catalog
+        self.admission = admission
+        self.started: dict[str, int] = {}  # executions created here, by saga (for metrics)
         self._saga_trace = saga_trace
         self.journal = journal
         self.pool = pool
@@ -116,16 +120,37 @@ class ExecutionService:
         idempotency_key: str | None = None,
         trace: dict[str, str] | None = None,
         wait: float | None = None,
+        execution_id: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Journal a new execution and hand it to its host; ``(view, created)``.
 
         With ``wait``, a new execution's view is the full one once terminal within
         ``wait`` seconds, else the accepted one; a known one's is its view then.
+        Admission may refuse the start (:class:`TooManyRequests`) before anything is
+        written; without ``execution_id`` it picks one that hashes to a host with room.
         """
         definition = self.catalog.get(saga, version)
         self.catalog.check_input(definition, value)
+        if self.admission is None:
+            return await self._start(definition, value, execution_id or uuid.uuid4().hex,
+                                     idempotency_key, trace, wait)
+        ticket = self.admission.reserve(definition.placement == "shared", execution_id)
+        try:
+            view, created = await self._start(definition, value, ticket.execution_id,
+                                              idempotency_key, trace, wait)
+        except BaseException:
+            self.admission.release(ticket)
+            raise
+        if not created:
+            self.admission.release(ticket)
+        return view, created
+
+    async def _start(
+        self, definition: SagaDefinition, value: Any, execution_id: str,
+        idempotency_key: str | None, trace: dict[str, str] | None, wait: float | None,
+    ) -> tuple[dict[str, Any], bool]:
+        saga = definition.name
         now = self._clock()
-        execution_id = uuid.uuid4().hex
         if self._saga_trace is not None:
             trace = self._saga_trace(trace)
         started = ev.ExecutionStarted(
@@ -147,6 +172,7 @@ class ExecutionService:
             if wait is not None:
                 return await self.wait(result.row.execution_id, wait), False
             return await self.get(result.row.execution_id), False
+        self.started[saga] = self.started.get(saga, 0) + 1
         state = replay(definition, [started])
         self._dispatch(definition, execution_id, [started], 1 if owner else None)
         if wait is not None:

@@ -74,6 +74,10 @@ class SagaHost:
     async def stats(self) -> dict[str, Any]:
         return self.core.stats()
 
+    async def metrics(self) -> dict[str, Any]:
+        """A snapshot of this host's metrics (plain data), for the API's /metrics."""
+        return await self.core.metrics_snapshot()
+
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1_000)
 class DedicatedHost:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coordinator.journal.base import JournalError, SequenceConflict
+from coordinator.journal.base import JournalError, SequenceConflict, WriteObserver
 from coordinator.journal.sqlite_db import (
     LOCK_RETRY_FOR,
     backoff_delays,
@@ -50,6 +50,7 @@ class _Request:
     apply: Apply
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    submitted: float = 0.0  # time.perf_counter() when it was queued
 
 
 class GroupCommitWriter:
@@ -64,6 +65,7 @@ class GroupCommitWriter:
         max_batch: int = 1000,
     ) -> None:
         self.stats = WriteStats()
+        self.observer: WriteObserver | None = None
         self._path = path
         self._connect = connect
         self._batch_window = batch_window
@@ -93,7 +95,7 @@ class GroupCommitWriter:
         with self._lock:
             if self._closed or self._stopped:
                 raise JournalError(f"SQLite journal {self._path} is closed")
-            self._queue.put(_Request(apply, loop, future))
+            self._queue.put(_Request(apply, loop, future, time.perf_counter()))
         return future
 
     async def stop(self) -> None:
@@ -176,6 +178,12 @@ class GroupCommitWriter:
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for request, outcome in zip(batch, outcomes, strict=True):
             _deliver(request, outcome)
+        observer = self.observer
+        if observer is not None:
+            observer.journal_committed(len(batch))
+            done = time.perf_counter()
+            for request in batch:
+                observer.journal_appended(done - request.submitted)
 
     def _failure(self, exc: Exception) -> JournalError:
         if isinstance(exc, sqlite3.Error):
