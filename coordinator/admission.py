@@ -13,7 +13,11 @@ Contract of :class:`Admission`:
 - A shared execution counts against the host its id hashes to (rendezvous, as the pool
   places it). Without a caller-chosen id, ``reserve`` draws ids until one hashes to a
   host with room, so one full host does not refuse starts others could take.
-- Retries nothing; idempotent ``release`` of a start that created nothing.
+- Each admitted start is settled once: ``confirm`` when its row is written (the journal
+  counts it from then on), ``release`` when nothing was written. A refresh adds the
+  starts not yet written and those written while it read the journal, so a start in
+  progress during a refresh is never missed (at worst counted twice until the next).
+- Retries nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import logging
 import math
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -46,13 +51,16 @@ class AdmissionLimits:
                              f"per_host={self.per_host}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ticket:
-    """One admitted start: the id to create it under, its host, and the refresh it is in."""
+    """One admitted start: the id to create it under and its host (None: dedicated).
+
+    Settled exactly once: ``confirm`` once its row is written, ``release`` if not.
+    """
 
     execution_id: str
     host: str | None
-    epoch: int
+    settled: bool = False
 
 
 class Admission:
@@ -67,9 +75,10 @@ class Admission:
         self.total = 0
         self.by_host: dict[str, int] = {}
         self.refused = {"total": 0, "host": 0}
-        self._epoch = 0
-        # Starts admitted since the current refresh began: the journal may not hold them.
-        self._since: dict[str | None, int] = {}
+        # Admitted starts whose row is not written yet: no journal count holds them.
+        self._pending: dict[str | None, int] = {}
+        # Rows written while a refresh reads the journal: it may or may not see them.
+        self._written_meanwhile: dict[str | None, int] | None = None
 
     def reserve(self, shared: bool, execution_id: str | None = None) -> Ticket:
         """Count one start, or raise :class:`TooManyRequests` (nothing counted)."""
@@ -78,17 +87,27 @@ class Admission:
         host: str | None = None
         if shared:
             execution_id, host = self._place(execution_id)
-        ticket = Ticket(execution_id or uuid.uuid4().hex, host, self._epoch)
+        ticket = Ticket(execution_id or uuid.uuid4().hex, host)
         self._add(host, 1)
-        self._since[host] = self._since.get(host, 0) + 1
+        _bump(self._pending, host, 1)
         return ticket
 
+    def confirm(self, ticket: Ticket) -> None:
+        """The start's row is written: from now on the journal counts it."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        _bump(self._pending, ticket.host, -1)
+        if self._written_meanwhile is not None:
+            _bump(self._written_meanwhile, ticket.host, 1)
+
     def release(self, ticket: Ticket) -> None:
-        """Uncount a start that created nothing (a repeated idempotency key, an error)."""
-        if ticket.epoch != self._epoch:
-            return  # the refresh since then read the journal, which never held it
+        """Uncount a start that wrote nothing (a repeated idempotency key, an error)."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        _bump(self._pending, ticket.host, -1)
         self._add(ticket.host, -1)
-        self._since[ticket.host] = self._since.get(ticket.host, 0) - 1
 
     def _place(self, execution_id: str | None) -> tuple[str, str]:
         limit = self.limits.per_host
@@ -130,18 +149,22 @@ class Admission:
             self.by_host[host] = self.by_host.get(host, 0) + delta
 
     async def refresh(self) -> None:
-        """Rebuild the counts from the journal, keeping the starts admitted meanwhile."""
-        self._epoch += 1
-        since: dict[str | None, int] = {}
-        self._since = since
-        counts = await self._live_counts()
+        """Rebuild the counts: the journal's, plus the starts not yet written, plus those
+        written while the journal was read (counted twice at worst, never missed)."""
+        meanwhile: dict[str | None, int] = {}
+        self._written_meanwhile = meanwhile
+        try:
+            counts = await self._live_counts()
+        finally:
+            self._written_meanwhile = None
         names = set(self._hosts())
         by_host = {owner: n for owner, n in counts.items() if owner in names}
-        for host, n in since.items():
+        extra = Counter(self._pending) + Counter(meanwhile)
+        for host, n in extra.items():
             if host is not None:
                 by_host[host] = by_host.get(host, 0) + n
         self.by_host = by_host
-        self.total = sum(counts.values()) + sum(since.values())
+        self.total = sum(counts.values()) + sum(extra.values())
 
     async def run(self) -> None:
         """Refresh every ``interval`` seconds until cancelled; a failed refresh keeps the
@@ -152,6 +175,10 @@ class Admission:
                 await self.refresh()
             except Exception:
                 log.warning("admission: could not refresh the in-flight counts", exc_info=True)
+
+
+def _bump(counts: dict[str | None, int], host: str | None, delta: int) -> None:
+    counts[host] = counts.get(host, 0) + delta
 
 
 async def stop(task: asyncio.Task[None] | None) -> None:

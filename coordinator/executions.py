@@ -23,7 +23,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from coordinator.admission import Admission
+from coordinator.admission import Admission, Ticket
 from coordinator.completions import CompletionWatch
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
@@ -131,23 +131,21 @@ class ExecutionService:
         """
         definition = self.catalog.get(saga, version)
         self.catalog.check_input(definition, value)
-        if self.admission is None:
+        admission = self.admission
+        if admission is None:
             return await self._start(definition, value, execution_id or uuid.uuid4().hex,
-                                     idempotency_key, trace, wait)
-        ticket = self.admission.reserve(definition.placement == "shared", execution_id)
+                                     idempotency_key, trace, wait, None)
+        ticket = admission.reserve(definition.placement == "shared", execution_id)
         try:
-            view, created = await self._start(definition, value, ticket.execution_id,
-                                              idempotency_key, trace, wait)
-        except BaseException:
-            self.admission.release(ticket)
-            raise
-        if not created:
-            self.admission.release(ticket)
-        return view, created
+            return await self._start(definition, value, ticket.execution_id,
+                                     idempotency_key, trace, wait, ticket)
+        finally:
+            admission.release(ticket)  # nothing written; a confirmed ticket stays counted
 
     async def _start(
         self, definition: SagaDefinition, value: Any, execution_id: str,
         idempotency_key: str | None, trace: dict[str, str] | None, wait: float | None,
+        ticket: Ticket | None,
     ) -> tuple[dict[str, Any], bool]:
         saga = definition.name
         now = self._clock()
@@ -165,6 +163,8 @@ class ExecutionService:
         owner, lease_until = (lease[0], now + lease[1]) if lease else (None, None)
         result = await self._journaled(self.journal.create_execution(
             record, [started], owner=owner, lease_until=lease_until))
+        if ticket is not None and result.created and self.admission is not None:
+            self.admission.confirm(ticket)
         if not result.created:
             if result.row.request_hash != request_hash:
                 raise Conflict(f"idempotency key {idempotency_key!r} was used for a different "

@@ -74,18 +74,37 @@ def test_a_given_id_goes_to_its_own_host_or_is_refused() -> None:
         gate.reserve(shared=True, execution_id=other)
 
 
-async def test_refresh_takes_the_journal_counts_plus_starts_since() -> None:
+async def test_refresh_takes_the_journal_counts_plus_starts_not_yet_written() -> None:
     counts: dict[str | None, int] = {"h-0": 5, "h-1": 1, None: 2, "gone-host": 4}
     gate = admission(counts=counts)
-    gate.reserve(shared=True)
+    ticket = gate.reserve(shared=True)
+    assert ticket.host is not None
     await gate.refresh()
-    # Unowned and unknown owners count in total only.
-    assert gate.total == 12 and gate.by_host == {"h-0": 5, "h-1": 1}
-    old = gate.reserve(shared=True)
-    counts["h-2"] = 1  # the journal now holds that start too
-    await gate.refresh()
-    gate.release(old)  # from before the refresh, which read it: nothing to take back
+    # Unowned and unknown owners count in total only; the unwritten start counts too.
     assert gate.total == 13
+    expected = {"h-0": 5, "h-1": 1}
+    expected[ticket.host] = expected.get(ticket.host, 0) + 1
+    assert gate.by_host == expected
+    gate.confirm(ticket)
+    counts[ticket.host] = counts.get(ticket.host, 0) + 1  # now the journal holds it
+    await gate.refresh()
+    assert gate.total == 13 and gate.by_host == expected
+    gate.release(ticket)  # settled already: no effect
+    assert gate.total == 13
+
+
+async def test_a_start_written_while_the_journal_is_read_is_not_missed() -> None:
+    tickets: list[Any] = []
+
+    async def live_counts() -> dict[str | None, int]:
+        # The row is written while the query runs; the query does not see it.
+        gate.confirm(tickets[0])
+        return {}
+
+    gate = Admission(AdmissionLimits(10, 10), lambda: HOSTS, host_of, live_counts)
+    tickets.append(gate.reserve(shared=True))
+    await gate.refresh()
+    assert gate.total == 1
 
 
 def test_limits_must_be_positive() -> None:
