@@ -176,3 +176,18 @@ async def test_per_host_limit_spreads_starts_over_hosts_with_room(api: Api) -> N
     assert set(hosts) == set(stack.pool.names)
     assert len(accepted) >= 8
     await finish_all(api, accepted)
+
+
+async def test_history_limit_compensates_then_fails(api: Api) -> None:
+    view = await api.run("limited_order", order(faults={"charge_payment": "error"}))
+    assert view["status"] == "failed" and view["reason"] == "history_limit", view
+    assert "limits.max_attempts is 6" in view["error"]
+    steps = {step["name"]: step for step in view["steps"]}
+    assert steps["reserve_inventory"]["status"] == "compensated"
+    assert steps["charge_payment"]["status"] == "failed"
+    assert steps["charge_payment"]["attempts"] == 5  # 1 + 5 = max_attempts: no seventh
+    execution_id = view["execution_id"]
+    undone = await api.ledger("inventory", f"{execution_id}:reserve_inventory:compensation")
+    assert undone, "the reservation was not undone"
+    charges = await api.ledger("payments", f"{execution_id}:charge_payment:action")
+    assert len(charges) <= 5
