@@ -17,20 +17,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from coordinator.executions import ExecutionService
 from coordinator.metrics.histogram import cumulative
 from coordinator.pool import HostPool
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The classic text format every Prometheus parses; the names here need no UTF-8 escaping.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 SCRAPE_TIMEOUT = 2.0
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 HostSnapshots = dict[str, dict[str, Any] | None]

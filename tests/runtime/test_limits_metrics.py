@@ -71,7 +71,7 @@ def stack_of(api: Api) -> Stack:
 async def scrape(api: Api) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     async with api.session.get(api.stack.url + "/metrics") as response:
         assert response.status == 200
-        assert response.content_type == "text/plain"
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         text = await response.text()
     found: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for family in text_string_to_metric_families(text):
