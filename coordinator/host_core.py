@@ -217,8 +217,12 @@ class HostCore:
         snapshot.update(host=self.host_id, running=len(self._runners))
         traffic = getattr(self._invoker, "traffic_snapshot", None)
         if callable(traffic):
-            report = traffic()
-            snapshot["traffic"] = await report if inspect.isawaitable(report) else report
+            try:
+                report = traffic()
+                snapshot["traffic"] = await report if inspect.isawaitable(report) else report
+            except Exception:
+                # The counters are still worth a scrape without the circuit states.
+                log.warning("traffic_snapshot failed on %s", self.host_id, exc_info=True)
         return snapshot
 
     async def _load(
