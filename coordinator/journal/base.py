@@ -96,7 +96,9 @@ class Page:
 class WriteObserver(Protocol):
     """Told by a journal's writer about each commit and each write request (metrics).
 
-    Called on the writer's own thread or task: implementations only count.
+    Both stores take one with ``observe(observer)`` (not part of :class:`Journal`: a
+    journal without metrics needs none). Called on the writer's own thread or task:
+    implementations only count; an exception is logged and ignored.
     """
 
     def journal_committed(self, batch_size: int) -> None:

@@ -182,11 +182,20 @@ class GroupCommitWriter:
                 continue
             self.stats.requests += 1
             _settle(request.future, self._outcome(outcome))
-            if self.observer is not None:
-                self.observer.journal_appended(time.perf_counter() - request.submitted)
         self.stats.largest_batch = max(self.stats.largest_batch, len(live))
         if self.observer is not None:
-            self.observer.journal_committed(len(live))
+            # Those retried after a deadlock are observed once, when they are settled.
+            self._observe(self.observer, [r for r in live if r.future.done()])
+
+    def _observe(self, observer: WriteObserver, batch: list[_Request]) -> None:
+        done = time.perf_counter()
+        try:
+            observer.journal_committed(len(batch))
+            for request in batch:
+                observer.journal_appended(done - request.submitted)
+        except Exception:
+            # Metrics must never stop the writer task.
+            log.exception("journal write observer failed")
 
     def _outcome(self, outcome: Any) -> Any:
         """What the caller gets: a result, or a JournalError (never a driver exception)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -32,6 +33,7 @@ from coordinator.journal.sqlite_db import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Apply = Callable[[sqlite3.Connection], Any]
 
 
@@ -178,12 +180,18 @@ class GroupCommitWriter:
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for request, outcome in zip(batch, outcomes, strict=True):
             _deliver(request, outcome)
-        observer = self.observer
-        if observer is not None:
+        if self.observer is not None:
+            self._observe(self.observer, batch)
+
+    def _observe(self, observer: WriteObserver, batch: list[_Request]) -> None:
+        done = time.perf_counter()
+        try:
             observer.journal_committed(len(batch))
-            done = time.perf_counter()
             for request in batch:
                 observer.journal_appended(done - request.submitted)
+        except Exception:
+            # Metrics must never stop the writer thread (every write would fail after).
+            log.exception("journal write observer failed")
 
     def _failure(self, exc: Exception) -> JournalError:
         if isinstance(exc, sqlite3.Error):
