@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.admission import AdmissionLimits
@@ -191,3 +192,28 @@ async def test_history_limit_compensates_then_fails(api: Api) -> None:
     assert undone, "the reservation was not undone"
     charges = await api.ledger("payments", f"{execution_id}:charge_payment:action")
     assert len(charges) <= 5
+
+
+@ray.remote(num_cpus=0)
+class SlowHost:
+    """Never answers ``metrics`` (within the test's life): a host whose loop is stuck."""
+
+    async def metrics(self) -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {}
+
+
+async def test_a_slow_host_does_not_hold_up_the_scrape(api: Api) -> None:
+    pool = stack_of(api).pool
+    slow = SlowHost.remote()  # type: ignore[attr-defined]
+    real = pool._hosts[1]
+    pool._hosts[1] = slow
+    try:
+        found = await scrape(api)  # would hang (until the test's timeout) without one
+    finally:
+        pool._hosts[1] = real
+        ray.kill(slow)
+    names = pool.names
+    assert found[("sagaray_host_up", frozenset({("host", names[0])}))] == 1
+    assert found[("sagaray_host_up", frozenset({("host", names[1])}))] == 0
+    assert total(found, "sagaray_executions_ended_total") > 0  # the answering host's
