@@ -15,6 +15,9 @@ Contract of :class:`ExecutionRunner`:
   means another host took over, and the runner stops without writing more.
 - Idempotent to restart: a new runner rebuilt from the journal journals the
   attempts that were in flight as interrupted and re-sends them with the same key.
+- After each durable append it calls ``on_journaled(state, events)`` once with every
+  event of that append (the host's metrics count facts only); the hook's errors are
+  logged, never raised into the execution.
 """
 
 from __future__ import annotations
