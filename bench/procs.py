@@ -168,7 +168,8 @@ async def run_coordinator(args: argparse.Namespace) -> None:
     options = ServeOptions(
         sagas_dir=Path(args.sagas), services_file=Path(args.services),
         journal_url=args.journal, hosts=args.hosts, namespace=args.namespace,
-        otel_env=otel,
+        otel_env=otel, max_in_flight=args.max_in_flight,
+        max_in_flight_per_host=args.max_in_flight_per_host,
     )
     stack = await build_stack(options)
     pids: list[int] = []
@@ -247,6 +248,8 @@ def main() -> None:
     coord.add_argument("--object-store-mb", type=int, default=128)
     coord.add_argument("--namespace", default=f"sagaray-bench-{uuid.uuid4().hex[:8]}")
     coord.add_argument("--otlp", default=None, help="OTLP/HTTP endpoint: tracing on")
+    coord.add_argument("--max-in-flight", type=int, default=20_000)
+    coord.add_argument("--max-in-flight-per-host", type=int, default=10_000)
     coord.add_argument("--patch", default="",
                        help="comma-separated bench.experiments patches to apply")
     args = parser.parse_args()

@@ -18,9 +18,11 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from coordinator.errors import BadRequest, Retryable, SagarayError
+from coordinator.errors import BadRequest, NotFound, Retryable, SagarayError
 from coordinator.executions import MAX_WAIT_SECONDS, ExecutionService
 from coordinator.journal.base import TERMINAL_STATUSES, JournalUnavailable
+from coordinator.metrics.api import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from coordinator.metrics.api import ApiMetrics
 from coordinator.openapi import EXECUTION_STATUSES, MAX_BODY_BYTES, openapi_document
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ DEFAULT_LIMIT = 50
 SERVICE = web.AppKey("service", ExecutionService)
 READY: web.AppKey[ReadyCheck | None] = web.AppKey("ready")
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")
+METRICS: web.AppKey[ApiMetrics | None] = web.AppKey("metrics")
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 # W3C trace context: a malformed header is dropped (a new trace begins), as the spec asks.
@@ -44,15 +47,21 @@ _PROBLEM_CORE = ("type", "title", "status", "detail", "instance")
 
 
 def create_app(service: ExecutionService, *, ready: ReadyCheck | None = None,
-               middlewares: Sequence[Middleware] = ()) -> web.Application:
+               middlewares: Sequence[Middleware] = (),
+               metrics: ApiMetrics | None = None) -> web.Application:
     """The API app; ``ready`` backs ``/readyz`` (check name -> "ok" or what is wrong).
 
     ``middlewares`` run outside the problem middleware, so they see every final status.
+    ``metrics`` backs ``/metrics`` (by default, over the service and its pool).
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES,
                           middlewares=[*middlewares, problem_middleware])
     app[SERVICE] = service
     app[READY] = ready
+    # A document-only app (no service, as the OpenAPI checks build it) serves no metrics.
+    if metrics is None and service is not None:
+        metrics = ApiMetrics(service, service.pool)
+    app[METRICS] = metrics
     app[OPENAPI] = orjson.dumps(openapi_document())
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
@@ -355,6 +364,14 @@ async def _run_ready_check(check: ReadyCheck) -> dict[str, str]:
     return {str(name): str(state) for name, state in checks.items()}
 
 
+async def metrics(request: web.Request) -> web.Response:
+    source = request.app[METRICS]
+    if source is None:
+        raise NotFound("this app has no metrics source")
+    body = await source.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
@@ -371,4 +388,5 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/openapi.json", openapi),
+    ("GET", "/metrics", metrics),
 ]

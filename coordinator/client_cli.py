@@ -162,6 +162,24 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "$SAGARAY_API_READ_TOKEN, $SAGARAY_API_WRITE_TOKEN)")
     parser.add_argument("--insecure", action="store_true", default=_env_flag("SAGARAY_INSECURE"),
                         help="allow serving beyond loopback without API tokens")
+    parser.add_argument("--max-in-flight", type=_positive,
+                        default=env("SAGARAY_MAX_IN_FLIGHT", "20000"), metavar="N",
+                        help="executions in flight in total before starts get 429 "
+                             "(default 20000)")
+    parser.add_argument("--max-in-flight-per-host", type=_positive,
+                        default=env("SAGARAY_MAX_IN_FLIGHT_PER_HOST", "10000"), metavar="N",
+                        help="executions in flight per SagaHost before starts get 429 "
+                             "(default 10000)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{value} is not at least 1")
+    return value
+
+
+_positive.__name__ = "positive integer"  # argparse names the type in its usage error
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
@@ -174,7 +192,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         services_file=Path(args.services), journal_url=args.journal,
         ray_address=args.ray_address, hosts=args.hosts, namespace=args.namespace,
         jaeger_url=args.jaeger_url, lease_seconds=args.lease_seconds,
-        api_tokens=load_tokens(args.api_tokens), insecure=args.insecure)
+        api_tokens=load_tokens(args.api_tokens), insecure=args.insecure,
+        max_in_flight=args.max_in_flight, max_in_flight_per_host=args.max_in_flight_per_host)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -43,3 +43,9 @@ class Retryable(SagarayError):
     def __init__(self, detail: str, retry_after: float = 1.0, **extra: Any) -> None:
         super().__init__(detail, **extra)
         self.retry_after = retry_after
+
+
+class TooManyRequests(Retryable):
+    """Admission refused a start: too many executions in flight (``extra`` says which limit)."""
+
+    status, title = 429, "Too many requests"

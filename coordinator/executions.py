@@ -23,6 +23,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from coordinator.admission import Admission, Ticket
 from coordinator.completions import CompletionWatch
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
@@ -97,8 +98,11 @@ class ExecutionService:
         jaeger_url: str | None = None,
         clock: Callable[[], float] = time.time,
         saga_trace: TraceHook | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.catalog = catalog
+        self.admission = admission
+        self.started: dict[str, int] = {}  # executions created here, by saga (for metrics)
         self._saga_trace = saga_trace
         self.journal = journal
         self.pool = pool
@@ -116,16 +120,35 @@ class ExecutionService:
         idempotency_key: str | None = None,
         trace: dict[str, str] | None = None,
         wait: float | None = None,
+        execution_id: str | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Journal a new execution and hand it to its host; ``(view, created)``.
 
         With ``wait``, a new execution's view is the full one once terminal within
         ``wait`` seconds, else the accepted one; a known one's is its view then.
+        Admission may refuse the start (:class:`TooManyRequests`) before anything is
+        written; without ``execution_id`` it picks one that hashes to a host with room.
         """
         definition = self.catalog.get(saga, version)
         self.catalog.check_input(definition, value)
+        admission = self.admission
+        if admission is None:
+            return await self._start(definition, value, execution_id or uuid.uuid4().hex,
+                                     idempotency_key, trace, wait, None)
+        ticket = admission.reserve(definition.placement == "shared", execution_id)
+        try:
+            return await self._start(definition, value, ticket.execution_id,
+                                     idempotency_key, trace, wait, ticket)
+        finally:
+            admission.release(ticket)  # nothing written; a confirmed ticket stays counted
+
+    async def _start(
+        self, definition: SagaDefinition, value: Any, execution_id: str,
+        idempotency_key: str | None, trace: dict[str, str] | None, wait: float | None,
+        ticket: Ticket | None,
+    ) -> tuple[dict[str, Any], bool]:
+        saga = definition.name
         now = self._clock()
-        execution_id = uuid.uuid4().hex
         if self._saga_trace is not None:
             trace = self._saga_trace(trace)
         started = ev.ExecutionStarted(
@@ -140,6 +163,8 @@ class ExecutionService:
         owner, lease_until = (lease[0], now + lease[1]) if lease else (None, None)
         result = await self._journaled(self.journal.create_execution(
             record, [started], owner=owner, lease_until=lease_until))
+        if ticket is not None and result.created and self.admission is not None:
+            self.admission.confirm(ticket)
         if not result.created:
             if result.row.request_hash != request_hash:
                 raise Conflict(f"idempotency key {idempotency_key!r} was used for a different "
@@ -147,6 +172,7 @@ class ExecutionService:
             if wait is not None:
                 return await self.wait(result.row.execution_id, wait), False
             return await self.get(result.row.execution_id), False
+        self.started[saga] = self.started.get(saga, 0) + 1
         state = replay(definition, [started])
         self._dispatch(definition, execution_id, [started], 1 if owner else None)
         if wait is not None:

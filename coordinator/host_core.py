@@ -34,6 +34,7 @@ from coordinator.invoker import Endpoint, HttpInvoker
 from coordinator.journal.base import Journal, SequenceConflict
 from coordinator.journal.factory import journal_from_url
 from coordinator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper
+from coordinator.metrics.host import HostMetrics
 from coordinator.runner import ExecutionRunner
 from coordinator.telemetry import host_tracing
 
@@ -66,6 +67,10 @@ class HostCore:
         self._invoker = HttpInvoker(config.endpoints, pool_size=config.pool_size,
                                     on_send=self._tracing.on_send if self._tracing else None)
         self._checkpoint = FaultPoints(config.fault_points) if config.fault_points else None
+        self.metrics = HostMetrics()
+        observe = getattr(self._journal, "observe", None)
+        if observe is not None:
+            observe(self.metrics)
         self._runners: dict[str, ExecutionRunner] = {}
         # Executions whose start is claiming them; set once the start has answered.
         self._starting: dict[str, asyncio.Event] = {}
@@ -208,6 +213,17 @@ class HostCore:
                 "running": len(self._runners), "started": self.started,
                 "finished": self.finished}
 
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        """This host's counters, its running executions and its circuit states."""
+        snapshot = self.metrics.snapshot()
+        snapshot.update(host=self.host_id, running=len(self._runners))
+        try:
+            snapshot["traffic"] = self.traffic_snapshot()
+        except Exception:
+            # The counters are still worth a scrape without the circuit states.
+            log.warning("traffic_snapshot failed on %s", self.host_id, exc_info=True)
+        return snapshot
+
     async def _load(
         self, execution_id: str, events: Sequence[ev.Event] | None
     ) -> tuple[ExecutionState | None, SagaDefinition | None]:
@@ -230,7 +246,7 @@ class HostCore:
         runner = ExecutionRunner(
             definition, state, self._journal, self._invoker, opening=[placement],
             around_attempt=self._tracing.around_attempt if self._tracing else None,
-            fence=fence, checkpoint=self._checkpoint)
+            fence=fence, checkpoint=self._checkpoint, on_journaled=self.metrics.on_journaled)
         self._runners[state.execution_id] = runner
         self.started += 1
         task = asyncio.get_running_loop().create_task(self._drive(runner))

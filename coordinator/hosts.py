@@ -78,6 +78,10 @@ class SagaHost:
         """``HttpInvoker.traffic_snapshot()`` of this host (instances, bulkheads)."""
         return self.core.traffic_snapshot()
 
+    async def metrics(self) -> dict[str, Any]:
+        """A snapshot of this host's metrics (plain data), for the API's /metrics."""
+        return await self.core.metrics_snapshot()
+
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1_000)
 class DedicatedHost:

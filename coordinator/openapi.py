@@ -146,6 +146,11 @@ def _other_schemas() -> dict[str, Schema]:
             "properties": {"errors": {"type": "array", "minItems": 1, "items": _object(
                 ["path", "message"], {"path": {"type": "string"},
                                       "message": {"type": "string"}})}}}]},
+        "AdmissionProblem": {"allOf": [_ref("Problem"), _object(
+            ["in_flight", "limit", "scope"], {
+                "in_flight": {"type": "integer", "minimum": 0},
+                "limit": {"type": "integer", "minimum": 1},
+                "scope": {"enum": ["total", "host"]}}, additionalProperties=True)]},
         "StartRequest": _object(["input"], {"input": {
             **_ANY, "description": "the saga input; checked against its input_schema"}}),
         "CancelRequest": _object([], {"reason": _nullable("string")}),
@@ -185,6 +190,10 @@ _RESPONSES: dict[str, Schema] = {
     "Unavailable": _problem("A dependency (the journal) is unavailable; retry later.",
                             headers=_RETRY_AFTER),
     "InternalError": _problem("An unexpected error; the server log has the details."),
+    "TooManyRequests": _problem("Too many executions in flight (`scope`: `total` for "
+                                "--max-in-flight, `host` for --max-in-flight-per-host); "
+                                "nothing was written. Retry after `Retry-After` seconds.",
+                                "AdmissionProblem", headers=_RETRY_AFTER),
     "Unauthorized": _problem("No bearer token, or not a valid one (only when the server is "
                              "configured with API tokens).", headers={"WWW-Authenticate": {
                                  "description": "Bearer challenge (RFC 6750)",
@@ -196,7 +205,7 @@ _RESPONSES: dict[str, Schema] = {
 }
 
 _CODES = {"400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound",
-          "409": "Conflict", "413": "PayloadTooLarge",
+          "409": "Conflict", "413": "PayloadTooLarge", "429": "TooManyRequests",
           "422": "InvalidInput", "500": "InternalError", "503": "Unavailable"}
 
 
@@ -252,7 +261,7 @@ def _start_operation() -> Schema:
                      "execution reached a terminal status.", "Execution"),
           "202": _ok("Started; still running.", "AcceptedExecution", headers=_LOCATION)}
     return _op("startExecution", "Start an execution of a saga", ok,
-               [400, 404, 409, 413, 422, 503], write=True, parameters=params,
+               [400, 404, 409, 413, 422, 429, 503], write=True, parameters=params,
                requestBody=body)
 
 
@@ -316,6 +325,10 @@ def _other_paths() -> dict[str, Schema]:
                                public=True)},
         "/openapi.json": {"get": _op("openapi", "This document",
                                      {"200": _ok("The OpenAPI document.", "OpenAPI")}, [])},
+        "/metrics": {"get": _op("metrics", "Prometheus metrics (text exposition format)", {
+            "200": {"description": "Executions, steps, compensations, retries, circuits, "
+                                   "hosts and the journal; docs/metrics.md lists them.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}, [])},
     }
 
 

@@ -141,6 +141,21 @@ class HostPool:
     async def stats(self) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*(host.stats.remote() for host in self._hosts)))
 
+    async def host_metrics(self, timeout: float) -> dict[str, dict[str, Any] | None]:
+        """Each host's metrics snapshot by name; None for a host that did not answer
+        within ``timeout`` seconds (a slow or dead host must not hold up a scrape)."""
+        names, hosts = list(self._names), list(self._hosts)
+
+        async def one(host: ActorHandle) -> dict[str, Any] | None:
+            try:
+                return dict(await asyncio.wait_for(host.metrics.remote(), timeout))
+            except Exception:  # a timeout, a dead or restarting actor
+                log.debug("no metrics from a host within %ss", timeout, exc_info=True)
+                return None
+
+        answers = await asyncio.gather(*(one(host) for host in hosts))
+        return dict(zip(names, answers, strict=True))
+
     async def supervisor_stats(self) -> dict[str, int]:
         if self._supervisor is None:
             return {}

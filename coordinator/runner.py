@@ -15,6 +15,9 @@ Contract of :class:`ExecutionRunner`:
   means another host took over, and the runner stops without writing more.
 - Idempotent to restart: a new runner rebuilt from the journal journals the
   attempts that were in flight as interrupted and re-sends them with the same key.
+- After each durable append it calls ``on_journaled(state, events)`` once with every
+  event of that append (the host's metrics count facts only); the hook's errors are
+  logged, never raised into the execution.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,6 +56,10 @@ AFTER_FINAL_EVENT = "after_final_event"
 
 def _no_checkpoint(_: str) -> None:
     return None
+
+
+# Called after each durable append with the state and every event of that append.
+JournaledHook = Callable[[ExecutionState, Sequence[ev.Event]], None]
 
 
 class AttemptHook(Protocol):
@@ -94,6 +101,7 @@ class ExecutionRunner:
         around_attempt: AttemptHook | None = None,
         fence: int | None = None,
         checkpoint: Checkpoint | None = None,
+        on_journaled: JournaledHook | None = None,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -104,6 +112,7 @@ class ExecutionRunner:
         self._around_attempt = around_attempt
         self.fence = fence
         self._checkpoint = checkpoint or _no_checkpoint
+        self._on_journaled = on_journaled
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
         # Applied to the state, not yet durable: written with the next append.
         self._pending: list[ev.Event] = []
@@ -255,6 +264,7 @@ class ExecutionRunner:
                                            fence=self.fence)
                 self._pending = []
                 self.opened.set()
+                self._journaled(batch)
                 return
             except JournalUnavailable:
                 if delay is None:
@@ -267,6 +277,15 @@ class ExecutionRunner:
                             self.execution_id, error)
                 self.fenced_out = True
                 raise _Stop() from None
+
+    def _journaled(self, batch: list[ev.Event]) -> None:
+        if self._on_journaled is None:
+            return
+        try:
+            self._on_journaled(self.state, batch)
+        except Exception:
+            # Metrics must never stop an execution.
+            log.exception("on_journaled hook failed for %s", self.execution_id)
 
     def _shutdown(self) -> None:
         if self._timer is not None:

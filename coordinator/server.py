@@ -20,6 +20,13 @@ from typing import TYPE_CHECKING, Any
 import ray
 from aiohttp import web
 
+from coordinator.admission import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_IN_FLIGHT_PER_HOST,
+    Admission,
+    AdmissionLimits,
+    stop,
+)
 from coordinator.api import create_app
 from coordinator.auth import ApiTokens, auth_middleware, check_exposure
 from coordinator.executions import ExecutionService, SagaCatalog
@@ -29,6 +36,7 @@ from coordinator.journal.base import Journal
 from coordinator.journal.factory import journal_from_url
 from coordinator.leases import DEFAULT_LEASE_SECONDS
 from coordinator.loader import Registry, ServiceConfig, load_registry, resolve_headers
+from coordinator.metrics.api import ApiMetrics
 from coordinator.pool import HostPool
 from coordinator.telemetry import api_tracing, otel_env
 
@@ -59,6 +67,8 @@ class ServeOptions:
     # unless ``insecure``).
     api_tokens: ApiTokens = field(default_factory=ApiTokens)
     insecure: bool = False
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_in_flight_per_host: int = DEFAULT_MAX_IN_FLIGHT_PER_HOST
 
 
 @dataclass
@@ -71,8 +81,10 @@ class Stack:
     service: ExecutionService
     app: web.Application
     tracing: ApiTracing | None = None
+    refresher: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
+        await stop(self.refresher)
         await self.service.close()
         await self.journal.close()
         if self.tracing is not None:
@@ -122,9 +134,13 @@ async def build_stack(options: ServeOptions, registry: Registry | None = None) -
     journal = journal_from_url(options.journal_url)
     await journal.open()
     tracing = api_tracing(otel)
+    admission = Admission(AdmissionLimits(options.max_in_flight, options.max_in_flight_per_host),
+                          lambda: pool.names, pool.host_name, journal.live_counts)
+    await admission.refresh()
     service = ExecutionService(SagaCatalog(list(registry.all())), journal, pool,
                                jaeger_url=options.jaeger_url,
-                               saga_trace=tracing.saga_trace if tracing else None)
+                               saga_trace=tracing.saga_trace if tracing else None,
+                               admission=admission)
 
     async def ready() -> dict[str, Any]:
         await journal.ping()
@@ -135,8 +151,10 @@ async def build_stack(options: ServeOptions, registry: Registry | None = None) -
     middlewares = [tracing.middleware] if tracing else []
     if options.api_tokens.enabled:
         middlewares.append(auth_middleware(options.api_tokens))
-    app = create_app(service, ready=ready, middlewares=middlewares)
-    return Stack(registry, journal, pool, service, app, tracing)
+    app = create_app(service, ready=ready, middlewares=middlewares,
+                     metrics=ApiMetrics(service, pool))
+    refresher = asyncio.get_running_loop().create_task(admission.run())
+    return Stack(registry, journal, pool, service, app, tracing, refresher)
 
 
 async def serve(options: ServeOptions) -> None:

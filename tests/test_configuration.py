@@ -61,7 +61,9 @@ def test_the_documented_defaults_are_the_parsers(monkeypatch: pytest.MonkeyPatch
     rows = {row[1].split("`")[1]: row[2] for row in table() if row[1].startswith("`SAGARAY")}
     defaults = {"SAGARAY_HOST": "host", "SAGARAY_PORT": "port", "SAGARAY_SAGAS": "sagas",
                 "SAGARAY_SERVICES": "services", "SAGARAY_JOURNAL": "journal",
-                "SAGARAY_NAMESPACE": "namespace", "SAGARAY_LEASE_SECONDS": "lease_seconds"}
+                "SAGARAY_NAMESPACE": "namespace", "SAGARAY_LEASE_SECONDS": "lease_seconds",
+                "SAGARAY_MAX_IN_FLIGHT": "max_in_flight",
+                "SAGARAY_MAX_IN_FLIGHT_PER_HOST": "max_in_flight_per_host"}
     for variable in rows:
         monkeypatch.delenv(variable, raising=False)
     args = build_parser().parse_args(["serve"])

@@ -80,6 +80,15 @@ RULES = [
     ("bad_duration", "charge", "timeout", "unparsable duration '5 parsecs'"),
     ("unknown_field", "reserve", "retires", "unknown field"),
     ("nameless_step", "steps[1]", "name", "required field is missing"),
+    ("too_many_steps", None, "steps",
+     "saga 'too_many_steps' has 201 steps, over the limit of 200 steps per saga"),
+    ("too_wide", None, "steps[].depends_on",
+     "saga 'too_wide' has a parallel width of 65 (steps that can run at once by depends_on), "
+     "over the limit of 64"),
+    ("max_events_too_low", None, "limits.max_events",
+     "saga 'max_events_too_low': max_events 8 is below the 9 events a run needs"),
+    ("max_attempts_too_low", None, "limits.max_attempts",
+     "saga 'max_attempts_too_low': max_attempts 2 is below its 3 steps"),
 ]
 
 

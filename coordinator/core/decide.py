@@ -79,6 +79,30 @@ def _forward(d: SagaDefinition, s: ExecutionState, now: float) -> list[Command]:
     if all(step.status in _DONE for step in s.steps.values()):
         output = {n: st.output for n, st in s.steps.items() if st.status == "succeeded"}
         return [ev.ExecutionCompleted(at=now, output=output)]
+    if s.last_seq >= d.limits.max_events:
+        error = (f"history limit: {s.last_seq} events journaled, limits.max_events is "
+                 f"{d.limits.max_events}")
+        return _history_limit(s, past_pivot, error, now)
+    commands = _forward_moves(d, s, now, past_pivot)
+    sends = sum(1 for c in commands if isinstance(c, Invoke))
+    if sends and s.action_attempts + sends > d.limits.max_attempts:
+        error = (f"history limit: {s.action_attempts} action attempts made, "
+                 f"limits.max_attempts is {d.limits.max_attempts}")
+        return _history_limit(s, past_pivot, error, now)
+    return commands
+
+
+def _history_limit(s: ExecutionState, past_pivot: bool, error: str, now: float) -> list[Command]:
+    """Stop going forward: roll back (the reserve lets compensation run), or past the
+    pivot, where nothing is undone, fail once the attempts in flight have answered."""
+    if not past_pivot:
+        return [ev.CompensationTriggered(at=now, reason="history_limit", error=error)]
+    return [] if s.inflight() else [ev.ExecutionFailed(at=now, reason="history_limit",
+                                                       error=error)]
+
+
+def _forward_moves(d: SagaDefinition, s: ExecutionState, now: float,
+                   past_pivot: bool) -> list[Command]:
     commands: list[Command] = []
     wake = s.deadline if not past_pivot else None
     for step in d.steps:
@@ -180,6 +204,12 @@ def _render(s: ExecutionState, step: Step, call: Call, phase: ev.Phase) -> HttpR
 
 
 def _rollback(d: SagaDefinition, s: ExecutionState, now: float) -> list[Command]:
+    cap = d.limits.max_events + d.rollback_reserve
+    if s.last_seq >= cap:
+        # Only resumes of a stuck rollback get here: start nothing more.
+        error = (f"history limit: {s.last_seq} events journaled, over limits.max_events "
+                 f"{d.limits.max_events} plus the compensation reserve of {d.rollback_reserve}")
+        return [] if s.inflight() else [_finish_rollback(d, s, now, error)]
     commands: list[Command] = []
     wake: float | None = None
     for step in reversed(d.steps):
@@ -199,8 +229,10 @@ def _rollback(d: SagaDefinition, s: ExecutionState, now: float) -> list[Command]
 def _undo_move(
     d: SagaDefinition, s: ExecutionState, step: Step, st: StepState, now: float
 ) -> Command | float | None:
-    if st.status == "running" and not _unknown(step, st):
-        # A retry that was waiting will not be sent: the saga is rolling back.
+    if st.status == "running" and not (_unknown(step, st) and step.compensation is not None):
+        # A retry that was waiting will not be sent: the saga is rolling back. A step
+        # without compensation has nothing to undo even when its outcome is unknown;
+        # left running, it would hold back the undo of the steps it depends on.
         error = st.action.error or "not retried: the saga is compensating"
         return ev.StepFailed(at=now, step=step.name, phase="action", error=error)
     if not _needs_undo(step, st) or st.status == "compensation_failed":
@@ -265,8 +297,16 @@ def _settled(step: Step, st: StepState) -> bool:
     return st.status == "compensated" or (not _needs_undo(step, st) and st.status != "running")
 
 
-def _finish_rollback(d: SagaDefinition, s: ExecutionState, now: float) -> ev.Event:
+def _finish_rollback(d: SagaDefinition, s: ExecutionState, now: float,
+                     limit: str | None = None) -> ev.Event:
     left = list(_not_undone(d, s))
+    if limit is not None or s.reason == "history_limit":
+        # Undone as far as it could be, but the saga did not run: it ends failed.
+        error = limit or s.error or "history limit"
+        if left:
+            error = f"{error}; not compensated: {', '.join(left)}"
+        return ev.ExecutionFailed(at=now, reason="history_limit", error=error,
+                                  not_compensated=left)
     reason = s.reason if s.reason in ("step_failed", "cancelled", "deadline") else "step_failed"
     if not left:
         return ev.ExecutionCompensated(at=now, reason=reason, error=s.error)

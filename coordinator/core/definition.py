@@ -44,6 +44,13 @@ BUILTIN_COMPENSATION_RETRY: dict[str, Any] = {
     "max_backoff": 30.0,
 }
 BUILTIN_TIMEOUT = 5.0
+# Definition limits, checked by ``validation.check_definition`` (the loader rejects beyond
+# them): a saga is a unit of business work, not a workflow engine's batch job.
+MAX_STEPS = 200
+MAX_PARALLEL_WIDTH = 64
+# History limits, per saga under ``limits:`` (documented in docs/saga-format.md).
+DEFAULT_MAX_EVENTS = 10_000
+DEFAULT_MAX_ATTEMPTS = 1_000
 
 
 class Frozen(BaseModel):
@@ -140,6 +147,19 @@ class Defaults(Frozen):
     compensation_retry: RetryPolicy = RetryPolicy(**BUILTIN_COMPENSATION_RETRY)
 
 
+class HistoryLimits(Frozen):
+    """How long one execution's history may grow before it ends ``failed`` (``history_limit``).
+
+    ``max_events`` bounds the journal of the forward run; compensation gets a reserve
+    of events on top (``decide.rollback_reserve``) so that reaching the limit still
+    undoes what was done. ``max_attempts`` bounds the action attempts of every step
+    together, across resumes (each step's ``retry.max_attempts`` bounds one step once).
+    """
+
+    max_events: int = Field(default=DEFAULT_MAX_EVENTS, ge=5, le=1_000_000)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=1_000_000)
+
+
 class SagaDefinition(Frozen):
     """A saga as loaded: immutable, with every default resolved into its steps."""
 
@@ -152,6 +172,7 @@ class SagaDefinition(Frozen):
     input_schema: dict[str, Any] | None = None
     timeout: Duration | None = Field(default=None, gt=0)
     defaults: Defaults = Defaults()
+    limits: HistoryLimits = HistoryLimits()
     steps: tuple[Step, ...] = Field(min_length=1)
 
     @model_validator(mode="before")
@@ -181,6 +202,20 @@ class SagaDefinition(Frozen):
     @cached_property
     def key(self) -> tuple[str, int]:
         return (self.name, self.version)
+
+    @cached_property
+    def rollback_reserve(self) -> int:
+        """Events a rollback may journal beyond ``limits.max_events``: enough for every
+        compensation to use all its retries (and to re-send an action whose output it
+        needs), and per step four more: the last forward round may overshoot the limit
+        by a start and a reply, then the step is given up and its reply may still land."""
+        reserve = 6 + 4 * len(self.steps)
+        for step in self.steps:
+            if step.compensation is not None:
+                # Per attempt: started, failed, retry scheduled; then one give-up.
+                per_phase = 3 * step.compensation_retry.max_attempts + 1
+                reserve += per_phase * (2 if self.graph.recovers_output(step.name) else 1)
+        return reserve
 
     @cached_property
     def graph(self) -> Graph:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
 Phase = Literal["action", "compensation"]
 FailureOutcome = Literal["retryable", "business_failure", "unknown"]
-RollbackReason = Literal["step_failed", "cancelled", "deadline"]
+RollbackReason = Literal["step_failed", "cancelled", "deadline", "history_limit"]
 
 
 class _Event(BaseModel):

@@ -135,3 +135,29 @@ def _expression_reads(
         except TemplateError as error:
             errors.append((where, str(error)))
     return frozenset(found)
+
+
+def parallel_width(graph: Graph) -> int:
+    """The most steps that can run at once: the largest set of pairwise independent steps.
+
+    By Dilworth's theorem that is the step count minus a maximum matching in the
+    bipartite graph "u before v" (u an ancestor of v); Kuhn's augmenting paths find
+    it. Cubic at worst, run once per definition at load time on at most MAX_STEPS.
+    """
+    if graph.cycle:
+        return 0
+    names = list(graph.order)
+    matched_to: dict[str, str] = {}  # later step -> the earlier step matched to it
+
+    def augment(earlier: str, seen: set[str]) -> bool:
+        for later in graph.descendants[earlier]:
+            if later in seen:
+                continue
+            seen.add(later)
+            if later not in matched_to or augment(matched_to[later], seen):
+                matched_to[later] = earlier
+                return True
+        return False
+
+    matching = sum(1 for name in names if augment(name, set()))
+    return len(names) - matching

@@ -60,8 +60,10 @@ def _attempt_started(d: SagaDefinition, s: ExecutionState, e: ev.StepAttemptStar
     if e.recovering:
         step.recovery += 1
         step.status = "compensating"
-    elif step.status != "compensating":
-        step.status = "running"
+    else:
+        s.action_attempts += 1
+        if step.status != "compensating":
+            step.status = "running"
     step.started_at = step.started_at or e.at
 
 

@@ -91,7 +91,8 @@ class ExecutionState:
     failed_step: str | None = None
     not_compensated: list[str] = field(default_factory=list)
     steps: dict[str, StepState] = field(default_factory=dict)
-    last_seq: int = 0
+    last_seq: int = 0  # events applied so far: the history's length
+    action_attempts: int = 0  # forward action attempts of every step (for limits.max_attempts)
 
     @property
     def terminal(self) -> bool:

@@ -13,8 +13,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from coordinator.core.definition import SagaDefinition, Step
-from coordinator.core.graph import Graph
+from coordinator.core.definition import MAX_PARALLEL_WIDTH, MAX_STEPS, SagaDefinition, Step
+from coordinator.core.graph import Graph, parallel_width
 from coordinator.core.templates import (
     TemplateError,
     compile_expression,
@@ -63,6 +63,7 @@ def check_definition(
         *_template_problems(definition.steps, graph),
         *_pivot_problems(definition.steps, graph),
         *_input_schema_problems(definition.input_schema),
+        *_size_problems(definition),
     ]
     return [problem.in_file(file) for problem in dict.fromkeys(found)]
 
@@ -181,3 +182,31 @@ def _input_schema_problems(schema: dict[str, Any] | None) -> Iterator[Problem]:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
         yield Problem(None, None, f"input_schema{where}",
                       f"not a valid JSON Schema (2020-12): {error.message}")
+
+
+def clean_run_events(definition: SagaDefinition) -> int:
+    """Events of a run where every step succeeds at once: start, host, two per step, end."""
+    return 3 + 2 * len(definition.steps)
+
+
+def _size_problems(definition: SagaDefinition) -> Iterator[Problem]:
+    """The definition limits (steps, parallel width) and history limits a run can meet."""
+    saga, count = definition.name, len(definition.steps)
+    if count > MAX_STEPS:
+        yield Problem(None, None, "steps", f"saga {saga!r} has {count} steps, over the limit "
+                      f"of {MAX_STEPS} steps per saga; split it into several sagas")
+        return  # the width of an oversized graph is not worth computing
+    width = parallel_width(definition.graph)
+    if width > MAX_PARALLEL_WIDTH:
+        yield Problem(None, None, "steps[].depends_on",
+                      f"saga {saga!r} has a parallel width of {width} (steps that can run at "
+                      f"once by depends_on), over the limit of {MAX_PARALLEL_WIDTH}")
+    limits, needed = definition.limits, clean_run_events(definition)
+    if limits.max_events < needed:
+        yield Problem(None, None, "limits.max_events",
+                      f"saga {saga!r}: max_events {limits.max_events} is below the {needed} "
+                      f"events a run needs when every step succeeds at once")
+    if limits.max_attempts < count:
+        yield Problem(None, None, "limits.max_attempts",
+                      f"saga {saga!r}: max_attempts {limits.max_attempts} is below its "
+                      f"{count} steps (each needs one attempt)")

@@ -93,6 +93,21 @@ class Page:
     next_cursor: str | None
 
 
+class WriteObserver(Protocol):
+    """Told by a journal's writer about each commit and each write request (metrics).
+
+    Both stores take one with ``observe(observer)`` (not part of :class:`Journal`: a
+    journal without metrics needs none). Called on the writer's own thread or task:
+    implementations only count; an exception is logged and ignored.
+    """
+
+    def journal_committed(self, batch_size: int) -> None:
+        """A transaction committed ``batch_size`` write requests together."""
+
+    def journal_appended(self, seconds: float) -> None:
+        """A write request (create or append) was durable ``seconds`` after it was made."""
+
+
 class Journal(Protocol):
     """Durable, append-only history of every execution."""
 
@@ -178,6 +193,14 @@ class Journal(Protocol):
 
     async def non_terminal(self) -> list[ExecutionRow]:
         """Every execution not yet completed, compensated or failed (for resumption)."""
+        ...
+
+    async def live_counts(self) -> dict[str | None, int]:
+        """How many executions are not terminal, by owner (None: unowned), in one query.
+
+        Admission control reconciles its in-memory counts from this every second or so,
+        so it reads counts only, never rows.
+        """
         ...
 
     async def ping(self) -> None:

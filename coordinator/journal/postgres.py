@@ -27,6 +27,7 @@ from coordinator.journal.base import (
     NewExecution,
     Page,
     StoredEvent,
+    WriteObserver,
     initial_fence,
 )
 from coordinator.journal.cursor import decode_cursor, encode_cursor
@@ -74,9 +75,16 @@ class PostgresJournal:
         self._command_timeout = command_timeout
         self._pool: Any = None
         self._writer: GroupCommitWriter | None = None
+        self._observer: WriteObserver | None = None
         self._stats = WriteStats()
         self._closed = False
         self._open_lock = asyncio.Lock()
+
+    def observe(self, observer: WriteObserver) -> None:
+        """Tell ``observer`` about every commit and write request from now on (metrics)."""
+        self._observer = observer
+        if self._writer is not None:
+            self._writer.observer = observer
 
     @property
     def stats(self) -> WriteStats:
@@ -106,6 +114,7 @@ class PostgresJournal:
                 max_batch=self._max_batch,
                 acquire_timeout=self._connect_timeout,
             )
+            self._writer.observer = self._observer
 
     async def _create_pool(self) -> Any:
         return await asyncpg.create_pool(
@@ -265,6 +274,11 @@ class PostgresJournal:
             " ORDER BY created_at, execution_id"
         )
         return [to_row(r) for r in await self._fetch(query)]
+
+    async def live_counts(self) -> dict[str | None, int]:
+        query = (f"SELECT owner, count(*) FROM executions WHERE status IN ({sql.LIVE})"
+                 " GROUP BY owner")
+        return {r[0]: int(r[1]) for r in await self._fetch(query)}
 
     async def expired(self, now: float, limit: int = 500) -> list[ExecutionRow]:
         if limit < 1:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
 
-from coordinator.journal.base import JournalError, SequenceConflict
+from coordinator.journal.base import JournalError, SequenceConflict, WriteObserver
 from coordinator.journal.postgres_db import Target, is_unavailable
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class _Request:
     key: str
     future: asyncio.Future[Any]
     attempts: int = 0
+    submitted: float = 0.0  # time.perf_counter() when it was queued
 
 
 class _Retry(Exception):
@@ -77,6 +79,7 @@ class GroupCommitWriter:
         acquire_timeout: float = 10.0,
     ) -> None:
         self.stats = WriteStats()
+        self.observer: WriteObserver | None = None
         self._pool = pool
         self._target = target
         self._batch_window = batch_window
@@ -91,7 +94,7 @@ class GroupCommitWriter:
         if self._closed:
             raise self._target.closed()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Request(apply, key, future))
+        self._queue.put_nowait(_Request(apply, key, future, 0, time.perf_counter()))
         self._ensure_running()
         return future
 
@@ -180,6 +183,19 @@ class GroupCommitWriter:
             self.stats.requests += 1
             _settle(request.future, self._outcome(outcome))
         self.stats.largest_batch = max(self.stats.largest_batch, len(live))
+        if self.observer is not None:
+            # Those retried after a deadlock are observed once, when they are settled.
+            self._observe(self.observer, [r for r in live if r.future.done()])
+
+    def _observe(self, observer: WriteObserver, batch: list[_Request]) -> None:
+        done = time.perf_counter()
+        try:
+            observer.journal_committed(len(batch))
+            for request in batch:
+                observer.journal_appended(done - request.submitted)
+        except Exception:
+            # Metrics must never stop the writer task.
+            log.exception("journal write observer failed")
 
     def _outcome(self, outcome: Any) -> Any:
         """What the caller gets: a result, or a JournalError (never a driver exception)."""

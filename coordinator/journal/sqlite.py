@@ -29,6 +29,7 @@ from coordinator.journal.base import (
     NewExecution,
     Page,
     StoredEvent,
+    WriteObserver,
     initial_fence,
 )
 from coordinator.journal.cursor import decode_cursor, encode_cursor
@@ -61,6 +62,10 @@ class SQLiteJournal:
         self._opened = False
         self._closed = False
         self._open_lock = asyncio.Lock()
+
+    def observe(self, observer: WriteObserver) -> None:
+        """Tell ``observer`` about every commit and write request from now on (metrics)."""
+        self._writer.observer = observer
 
     @property
     def stats(self) -> WriteStats:
@@ -175,6 +180,11 @@ class SQLiteJournal:
             " ORDER BY created_at, execution_id"
         )
         return await self._read(lambda conn: [sql.to_row(r) for r in conn.execute(query)])
+
+    async def live_counts(self) -> dict[str | None, int]:
+        query = (f"SELECT owner, count(*) FROM executions WHERE status IN ({sql.LIVE})"
+                 " GROUP BY owner")
+        return await self._read(lambda conn: {owner: n for owner, n in conn.execute(query)})
 
     async def expired(self, now: float, limit: int = 500) -> list[ExecutionRow]:
         if limit < 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coordinator.journal.base import JournalError, SequenceConflict
+from coordinator.journal.base import JournalError, SequenceConflict, WriteObserver
 from coordinator.journal.sqlite_db import (
     LOCK_RETRY_FOR,
     backoff_delays,
@@ -32,6 +33,7 @@ from coordinator.journal.sqlite_db import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 Apply = Callable[[sqlite3.Connection], Any]
 
 
@@ -50,6 +52,7 @@ class _Request:
     apply: Apply
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    submitted: float = 0.0  # time.perf_counter() when it was queued
 
 
 class GroupCommitWriter:
@@ -64,6 +67,7 @@ class GroupCommitWriter:
         max_batch: int = 1000,
     ) -> None:
         self.stats = WriteStats()
+        self.observer: WriteObserver | None = None
         self._path = path
         self._connect = connect
         self._batch_window = batch_window
@@ -93,7 +97,7 @@ class GroupCommitWriter:
         with self._lock:
             if self._closed or self._stopped:
                 raise JournalError(f"SQLite journal {self._path} is closed")
-            self._queue.put(_Request(apply, loop, future))
+            self._queue.put(_Request(apply, loop, future, time.perf_counter()))
         return future
 
     async def stop(self) -> None:
@@ -176,6 +180,18 @@ class GroupCommitWriter:
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         for request, outcome in zip(batch, outcomes, strict=True):
             _deliver(request, outcome)
+        if self.observer is not None:
+            self._observe(self.observer, batch)
+
+    def _observe(self, observer: WriteObserver, batch: list[_Request]) -> None:
+        done = time.perf_counter()
+        try:
+            observer.journal_committed(len(batch))
+            for request in batch:
+                observer.journal_appended(done - request.submitted)
+        except Exception:
+            # Metrics must never stop the writer thread (every write would fail after).
+            log.exception("journal write observer failed")
 
     def _failure(self, exc: Exception) -> JournalError:
         if isinstance(exc, sqlite3.Error):

@@ -62,8 +62,12 @@ def definitions(draw: Any) -> SagaDefinition:
             step["when"] = "input.flag"
         steps.append(step)
     timeout = draw(st.sampled_from([None, "5s", "60s"]))
-    return SagaDefinition.model_validate(
-        {"name": "prop", "version": 1, "steps": steps, "timeout": timeout})
+    raw: dict[str, Any] = {"name": "prop", "version": 1, "steps": steps, "timeout": timeout}
+    if draw(st.booleans()):
+        # Tight history limits, so that runs meet them: a clean run needs 3 + 2 per step.
+        raw["limits"] = {"max_events": draw(st.integers(3 + 2 * count, 3 + 2 * count + 25)),
+                         "max_attempts": draw(st.integers(count, count + 5))}
+    return SagaDefinition.model_validate(raw)
 
 
 class SagaMachine(RuleBasedStateMachine):
@@ -72,6 +76,7 @@ class SagaMachine(RuleBasedStateMachine):
     @initialize(definition=definitions(), flag=st.booleans())
     def start(self, definition: SagaDefinition, flag: bool) -> None:
         self.sim = Simulation(definition, lambda _: ok(), input={"flag": flag})
+        self.external = 0  # events journaled from outside decide: cancels, resumes, crashes
 
     @rule()
     def decide_round(self) -> None:
@@ -91,15 +96,23 @@ class SagaMachine(RuleBasedStateMachine):
     def cancel(self) -> None:
         if not self.sim.state.terminal:
             self.sim.cancel()
+            self.external += 1
 
     @rule()
     def crash(self) -> None:
+        before = len(self.sim.journal)
         self.sim.crash()
+        self.external += len(self.sim.journal) - before
 
     @precondition(lambda self: self.sim.state.status == "failed")
     @rule()
     def resume(self) -> None:
         self.sim.resume()
+        self.external += 1
+
+    @invariant()
+    def history_stays_within_its_limits(self) -> None:
+        check_limits(self.sim, self.external)
 
     @invariant()
     def replay_equals_live_state(self) -> None:
@@ -124,6 +137,18 @@ class SagaMachine(RuleBasedStateMachine):
         assert state.terminal
         check_history(sim.definition, sim.journal)
         check_terminal(sim)
+        check_limits(sim, self.external)
+
+
+def check_limits(sim: Simulation, external: int) -> None:
+    """The core never sends past limits.max_attempts, and the history it writes stays
+    within max_events, the compensation reserve, and one reply per step still in flight."""
+    d, state = sim.definition, sim.state
+    assert state.action_attempts <= d.limits.max_attempts
+    bound = d.limits.max_events + d.rollback_reserve + len(d.steps) + 2
+    assert len(sim.journal) - external <= bound, (len(sim.journal), external, bound)
+    if state.reason == "history_limit" and state.terminal:
+        assert state.status == "failed", state
 
 
 def check_history(definition: SagaDefinition, journal: list[ev.Event]) -> None:
@@ -172,6 +197,10 @@ def check_terminal(sim: Simulation) -> None:
     statuses = {name: step.status for name, step in state.steps.items()}
     if state.status == "completed":
         assert set(statuses.values()) <= {"succeeded", "skipped"}
+    # A finished rollback leaves no step running (one waiting to retry is given up),
+    # unless it was cut short by the history cap of a resumed rollback.
+    if state.rolled_back and "compensation reserve" not in (state.error or ""):
+        assert "running" not in statuses.values(), statuses
     if state.status == "compensated":
         for step in sim.definition.steps:
             if step.compensation is not None:

@@ -320,3 +320,27 @@ async def test_many_concurrent_appends_are_group_committed(journal: Journal) -> 
     assert requests == executions * events_each
     print(f"group commit: {requests} requests in {commits} commits")
     assert commits < requests / 2, f"{commits} commits for {requests} requests: no batching"
+
+
+class Recorder:
+    """A write observer that keeps what it is told (the host's metrics count the same)."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.latencies: list[float] = []
+
+    def journal_committed(self, batch_size: int) -> None:
+        self.batches.append(batch_size)
+
+    def journal_appended(self, seconds: float) -> None:
+        self.latencies.append(seconds)
+
+
+async def test_a_write_observer_sees_every_commit_and_request(journal: Journal) -> None:
+    recorder = Recorder()
+    journal.observe(recorder)  # type: ignore[attr-defined]
+    await asyncio.gather(*(create(journal, f"w{n}") for n in range(20)))
+    await asyncio.gather(*(journal.append(f"w{n}", 1, [step(1)]) for n in range(20)))
+    assert sum(recorder.batches) == 40 and len(recorder.latencies) == 40
+    assert len(recorder.batches) < 40, "concurrent writes share commits"
+    assert all(0 <= seconds < 60 for seconds in recorder.latencies)

@@ -292,3 +292,18 @@ async def test_claims_from_processes_one_wins(journal: Journal, store_url: str) 
     assert sorted(outputs) == ["fence 2", "refused", "refused"], outputs
     winner = outputs.index("fence 2")
     assert await lease_of(journal, "p1") == (f"proc{winner}", LATER + 10, 2)
+
+
+async def test_live_counts_group_non_terminal_executions_by_owner(journal: Journal) -> None:
+    assert await journal.live_counts() == {}
+    for execution_id in ("c1", "c2", "c3"):
+        await owned(journal, execution_id, "a")
+    await owned(journal, "c4", "b")
+    await create(journal, "c5")
+    execution = NewExecution("c6", "order", 1, T0)
+    await journal.create_execution(execution, [started("c6")], owner="b", lease_until=LEASE)
+    assert await journal.live_counts() == {"a": 3, "b": 2, None: 1}
+    await journal.append("c1", 1, [ExecutionCompleted(at=T0 + 1)], "completed")
+    await journal.append("c4", 1, [CompensationTriggered(at=T0 + 1)], "compensating")
+    # A terminal append clears the owner: c1 leaves the counts; compensating is live.
+    assert await journal.live_counts() == {"a": 2, "b": 2, None: 1}
