@@ -47,12 +47,14 @@ class HostPool:
 
     def __init__(self, config: HostConfig, size: int | ScalePolicy, namespace: str = "sagaray",
                  *, scale_interval: float = 1.0, host_cpus: float = 0.0,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None,
+                 refresh_seconds: float | None = REFRESH_SECONDS) -> None:
         policy = ScalePolicy.fixed(size) if isinstance(size, int) else size
         if isinstance(size, int) and size < 1:
             raise ValueError(f"the host pool needs at least one host, not {size}")
-        self._config = config
+        self.config = config
         self.policy = policy
+        self._refresh_seconds = refresh_seconds  # None: only on demand (tests of stale views)
         self._namespace = namespace
         self._scale_interval = scale_interval
         self._host_cpus = host_cpus
@@ -78,11 +80,13 @@ class HostPool:
         self._supervisor = Supervisor.options(  # type: ignore[attr-defined]
             name=f"{self._namespace}-supervisor", namespace=self._namespace,
             get_if_exists=True, lifetime="detached",
-        ).remote(self._config, self._namespace, self.policy,
-                 interval=self._config.lease_seconds / 4, grace=self._config.lease_seconds,
+        ).remote(self.config, self._namespace, self.policy,
+                 interval=self.config.lease_seconds / 4, grace=self.config.lease_seconds,
                  scale_interval=self._scale_interval, host_cpus=self._host_cpus)
         await self.refresh()
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+        if self._refresh_seconds is not None:
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh_forever(self._refresh_seconds))
 
     async def refresh(self) -> None:
         """Read the membership from the supervisor."""
@@ -94,9 +98,9 @@ class HostPool:
         for gone in self._queues.keys() - set(self._names):
             del self._queues[gone]
 
-    async def _refresh_forever(self) -> None:
+    async def _refresh_forever(self, seconds: float) -> None:
         while True:
-            await asyncio.sleep(REFRESH_SECONDS)
+            await asyncio.sleep(seconds)
             try:
                 await self.refresh()
             except Exception as error:  # the supervisor restarting: keep the last view
@@ -132,7 +136,7 @@ class HostPool:
         """
         if placement == "dedicated":
             return None
-        return self.host_name(execution_id), self._config.lease_seconds
+        return self.host_name(execution_id), self.config.lease_seconds
 
     async def dispatch(
         self, placement: PlacementKind, execution_id: str, events: list[ev.Event] | None = None,
@@ -146,7 +150,7 @@ class HostPool:
             actor = DedicatedHost.options(  # type: ignore[attr-defined]
                 name=self._dedicated_name(execution_id), namespace=self._namespace,
                 get_if_exists=True, lifetime="detached",
-            ).remote(self._dedicated_name(execution_id), self._config)
+            ).remote(self._dedicated_name(execution_id), self.config)
             return dict(await actor.start.remote(execution_id, events))
         for _ in range(REDISPATCHES):
             name = self.host_name(execution_id)
