@@ -82,6 +82,7 @@ class HostCore:
         self._drain_seconds = config.drain_seconds
         self._releases: set[asyncio.Task[None]] = set()
         self.released = 0
+        self.refused = 0
         self._opened = False
         self._opening = asyncio.Lock()
         self.started = 0
@@ -225,7 +226,7 @@ class HostCore:
         return {"host": self.host_id, "node_id": self.node_id, "pid": os.getpid(),
                 "running": len(self._runners), "started": self.started,
                 "finished": self.finished, "draining": self.draining,
-                "released": self.released}
+                "released": self.released, "refused": self.refused}
 
     async def drain(self, wait: float) -> int:
         """Start (or go on) draining; wait up to ``wait`` s for it to end.
@@ -251,6 +252,7 @@ class HostCore:
 
     async def _refuse(self, execution_id: str, fence: int | None) -> Answer:
         """A start reaching a draining host: give back the lease it was created with."""
+        self.refused += 1
         if fence is not None:
             await self._open()
             await self._journal.release(execution_id, self.host_id, fence)

@@ -50,7 +50,8 @@ class DrainRecord:
 
     host: str
     seconds: float
-    released: int
+    released: int  # executions it stopped and gave back
+    refused: int  # starts it gave back (sent by API processes with a stale membership)
 
 
 @dataclass
@@ -169,12 +170,13 @@ class HostSet:
     async def _drain(self, name: str, hand_over: HandOver) -> None:
         started = time.monotonic()
         handle = self.handles[name]
-        released = 0
+        released = refused = 0
         while True:
             try:
                 left = await handle.drain.remote(DRAIN_STEP_SECONDS)
                 stats = await self.ping(handle)
-                released = int(stats["released"]) if stats else released
+                if stats is not None:
+                    released, refused = int(stats["released"]), int(stats["refused"])
             except RayActorError:
                 if await self._probe_exists(name) is None:
                     break  # gone for good: whatever it held expires and is swept
@@ -191,7 +193,7 @@ class HostSet:
             ray.kill(handle)
         self.handles.pop(name, None)
         self.draining.pop(name, None)
-        record = DrainRecord(name, time.monotonic() - started, released)
+        record = DrainRecord(name, time.monotonic() - started, released, refused)
         self.drained.append(record)
         log.info("SagaHost %s drained in %.2f s (%d executions handed over)",
                  name, record.seconds, released)

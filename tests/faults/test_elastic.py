@@ -58,6 +58,12 @@ def first_hosts(histories: dict[str, list[StoredEvent]]) -> Counter[str]:
                    for stored in histories.values())
 
 
+def assigned_after(stored: list[StoredEvent]) -> float:
+    """Seconds from the start to the first launch on a host."""
+    first = next(s.event.at for s in stored if isinstance(s.event, ev.HostAssigned))
+    return first - stored[0].event.at
+
+
 def hosts_of(stored: list[StoredEvent]) -> list[str]:
     return [s.event.host for s in stored if isinstance(s.event, ev.HostAssigned)]
 
@@ -163,11 +169,13 @@ async def test_a_start_racing_a_drain_is_not_lost(make_stack: StackFactory,
                                                   http: aiohttp.ClientSession) -> None:
     """API processes whose membership is stale hand starts to a host that is draining, and
     then to one already gone; each start is handed back and runs elsewhere."""
-    stack = await make_stack(lease_seconds=10.0, min_hosts=1, max_hosts=2, target_per_host=2,
+    # A high target: the raced starts (short sagas) must not grow the pool again.
+    stack = await make_stack(lease_seconds=10.0, min_hosts=1, max_hosts=2, target_per_host=20,
                              drain_seconds=3.0, **ELASTIC)
     api = Api(http, stack.demo)
     names = [f"{stack.namespace}-host-{i}" for i in range(2)]
-    load = [order({"reserve_inventory": "latency=1500"}) for _ in range(6)]
+    load = [order({"reserve_inventory": "latency=1500", "charge_payment": "latency=1500"})
+            for _ in range(30)]
     ids = await start_all(api, load)
     await until(pool_size_is(stack, 2), 60, "the pool grew")
     _pinned, extra = await pin_slow(stack, api, {names[1]}, millis=2500)
@@ -180,9 +188,9 @@ async def test_a_start_racing_a_drain_is_not_lost(make_stack: StackFactory,
         return bool(stats["draining"] == 1)
 
     await until(draining, 60, f"{names[1]} began to drain")
-    raced_draining = await start_many(stale[0], 24)
+    raced_draining = await start_many(stale[0], 12)
     await until(lambda: supervisor_idle(stack), 60, f"{names[1]} was drained and stopped")
-    raced_gone = await start_many(stale[1], 24)
+    raced_gone = await start_many(stale[1], 12)
 
     every = [*ids, *extra, *raced_draining, *raced_gone]
     await settle(stack, every, timeout=90)
@@ -191,12 +199,21 @@ async def test_a_start_racing_a_drain_is_not_lost(make_stack: StackFactory,
     found = await views(api, every)
     assert Counter(view["status"] for view in found.values()) == {"completed": len(every)}
     await assert_ledgers_consistent(api, found)
+    stats = await stack.pool.supervisor_stats()
+    assert [size for _, size in stats["sizes"]] == [1, 2, 1], stats["sizes"]
+    [record] = stats["drained"]
+    print(f"\n{names[1]} drained in {record['seconds']:.2f} s, gave back "
+          f"{record['refused']} starts")
+    assert record["refused"] >= 1, record
     for group, label in ((raced_draining, "draining"), (raced_gone, "gone")):
         aimed = [i for i in group if names[rendezvous(i, names)] == names[1]]
         assert aimed, f"no start aimed at the {label} host"
         assert all(hosts_of(histories[i]) == [names[0]] for i in aimed), label
-        print(f"\n{len(aimed)} of {len(group)} starts reached the {label} host "
-              f"{names[1]}; all ran on {names[0]} and completed")
+        # Handed back at once, not after the 10 s lease it was created with expired.
+        delays = [assigned_after(histories[i]) for i in aimed]
+        print(f"{len(aimed)} of {len(group)} starts reached the {label} host; all ran on "
+              f"{names[0]}, launched at most {max(delays):.2f} s after their start")
+        assert max(delays) < 10.0, delays
     for service in stale:
         await service.close()
 
