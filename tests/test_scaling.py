@@ -1,10 +1,16 @@
-"""The pure scaling decision of the elastic SagaHost pool (``coordinator/scaling.py``)."""
+"""The pure scaling decision of the elastic SagaHost pool (``coordinator/scaling.py``) and
+the ``serve`` flags and variables that set its bounds."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from coordinator.cli import build_parser, main
+from coordinator.client_cli import serve_options as serve_options_of
 from coordinator.scaling import ScaleDecider, ScalePolicy
+from coordinator.server import PoolConfigError, ServeOptions, check_pool_options, scale_policy
 
 
 def decider(low: int = 1, high: int = 4, target: float = 10, after: float = 30) -> ScaleDecider:
@@ -71,3 +77,41 @@ def test_a_fixed_pool_never_moves() -> None:
 def test_bad_bounds_are_refused_with_the_value(args: tuple[float, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         ScalePolicy(*args)  # type: ignore[arg-type]
+
+
+# -- the serve options that make the policy ------------------------------------------------
+
+def serve_options(*argv: str) -> ServeOptions:
+    return serve_options_of(build_parser().parse_args(["serve", *argv]))
+
+
+def test_bounds_from_flags_else_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SAGARAY_HOSTS", "SAGARAY_MIN_HOSTS", "SAGARAY_MAX_HOSTS",
+                 "SAGARAY_TARGET_PER_HOST", "SAGARAY_SCALE_DOWN_AFTER", "SAGARAY_HOST_CPUS"):
+        monkeypatch.delenv(name, raising=False)
+    assert scale_policy(serve_options("--hosts", "3")) == ScalePolicy.fixed(3)
+    elastic = serve_options("--min-hosts", "2", "--max-hosts", "5", "--target-per-host", "7",
+                            "--scale-down-after", "9", "--host-cpus", "0.5")
+    assert scale_policy(elastic) == ScalePolicy(2, 5, 7.0, 9.0) and elastic.host_cpus == 0.5
+    monkeypatch.setenv("SAGARAY_MIN_HOSTS", "2")
+    monkeypatch.setenv("SAGARAY_MAX_HOSTS", "4")
+    assert scale_policy(serve_options()) == ScalePolicy(2, 4)
+    assert scale_policy(serve_options("--max-hosts", "6")) == ScalePolicy(2, 6)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--hosts", "2", "--min-hosts", "1"], "--hosts 2 is a fixed pool; it cannot be combined"),
+    (["--min-hosts", "0", "--max-hosts", "2"], "--min-hosts must be at least 1, not 0"),
+    (["--min-hosts", "3", "--max-hosts", "2"], "--max-hosts 2 is below --min-hosts 3"),
+    (["--max-hosts", "2", "--target-per-host", "0"], "--target-per-host cannot be 0.0"),
+    (["--host-cpus", "-1"], "--host-cpus cannot be -1.0"),
+])
+def test_unusable_bounds_are_usage_errors(argv: list[str], message: str,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("SAGARAY_HOSTS", "SAGARAY_MIN_HOSTS", "SAGARAY_MAX_HOSTS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(PoolConfigError, match=re.escape(message)):
+        check_pool_options(serve_options(*argv))
+    assert main(["serve", *argv]) == 2
+    assert message in capsys.readouterr().err
