@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # One drain call waits this long, then the executions released so far are handed over.
 DRAIN_STEP_SECONDS = 0.5
 HandOver = Callable[[], Awaitable[int]]
+KEEP_DRAINED = 100  # drain records kept for stats
 
 
 def host_name(namespace: str, index: int) -> str:
@@ -194,7 +195,7 @@ class HostSet:
         self.handles.pop(name, None)
         self.draining.pop(name, None)
         record = DrainRecord(name, time.monotonic() - started, released, refused)
-        self.drained.append(record)
+        self.drained = [*self.drained[-(KEEP_DRAINED - 1):], record]
         log.info("SagaHost %s drained in %.2f s (%d executions handed over)",
                  name, record.seconds, released)
 

@@ -114,7 +114,7 @@ class Supervisor:
         self._scale_interval = scale_interval
         self._sizes: list[tuple[float, int]] = []  # (time, size) at each change
         loop = asyncio.get_running_loop()
-        self._ready = loop.create_task(self._hosts.rebuild(self._sweeper.sweep))
+        self._ready = loop.create_task(self._hosts.rebuild(self._hand_over))
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._scale())]
 
     async def _run(self) -> None:
@@ -148,12 +148,17 @@ class Supervisor:
         if target > hosts.size + len(hosts.pending):
             await hosts.grow(target)
         elif target < hosts.size + len(hosts.pending):
-            hosts.shrink(target, self._sweeper.sweep)
+            hosts.shrink(target, self._hand_over)
         if hosts.size != before:
             log.info("pool %d -> %d hosts (%d executions in flight)", before, hosts.size,
                      in_flight)
             self._sizes.append((time.time(), hosts.size))
         return hosts.size
+
+    async def _hand_over(self) -> int:
+        """One sweep now: what a draining host released goes to a live host at once."""
+        await self._journal.open()
+        return await self._sweeper.sweep()
 
     async def membership(self) -> dict[str, Any]:
         """The active hosts (take new work), the draining ones (still own some), handles."""
