@@ -141,13 +141,14 @@ class Supervisor:
     async def scale_once(self) -> int:
         """Measure, decide, apply: the pool's active size afterwards."""
         hosts = self._hosts
+        before = self._sizes[-1][1]
         await hosts.promote()
         in_flight = sum(int(stats["running"]) for stats in (await hosts.loads()).values())
-        target = self._decider.decide(hosts.size + len(hosts.pending), in_flight, time.time())
-        before = hosts.size
-        if target > hosts.size + len(hosts.pending):
+        planned = hosts.size + len(hosts.pending)
+        target = self._decider.decide(planned, in_flight, time.time())
+        if target > planned:
             await hosts.grow(target)
-        elif target < hosts.size + len(hosts.pending):
+        elif target < planned:
             hosts.shrink(target, self._hand_over)
         if hosts.size != before:
             log.info("pool %d -> %d hosts (%d executions in flight)", before, hosts.size,

@@ -174,14 +174,20 @@ async def test_a_start_racing_a_drain_is_not_lost(make_stack: StackFactory,
                              drain_seconds=3.0, **ELASTIC)
     api = Api(http, stack.demo)
     names = [f"{stack.namespace}-host-{i}" for i in range(2)]
-    load = [order({"reserve_inventory": "latency=1500", "charge_payment": "latency=1500"})
-            for _ in range(30)]
-    ids = await start_all(api, load)
+    slow = {step: "latency=1500" for step in ("reserve_inventory", "charge_payment", "notify")}
+    load = [order(slow) for _ in range(40)]
+    starting = asyncio.create_task(start_all(api, load, spread=0.1))
     await until(pool_size_is(stack, 2), 60, "the pool grew")
-    _pinned, extra = await pin_slow(stack, api, {names[1]}, millis=2500)
+    # While the load lasts, two slow executions on host 1, their slow attempts about half an
+    # attempt apart: its drain waits for them, long enough for the raced starts to arrive.
+    pinned, extra = await pin_slow(stack, api, {names[1]}, millis=2500)
+    await asyncio.sleep(1.25)
+    more, extra_too = await pin_slow(stack, api, {names[1]}, millis=2500)
+    extra += extra_too
     # Two more "API processes" that read the membership now and never again.
     stale = [await stale_service(stack) for _ in range(2)]
     assert all(service.pool.names == names for service in stale)
+    ids = await starting
 
     async def draining() -> bool:
         stats = await stack.pool.supervisor_stats()
@@ -202,9 +208,11 @@ async def test_a_start_racing_a_drain_is_not_lost(make_stack: StackFactory,
     stats = await stack.pool.supervisor_stats()
     assert [size for _, size in stats["sizes"]] == [1, 2, 1], stats["sizes"]
     [record] = stats["drained"]
-    print(f"\n{names[1]} drained in {record['seconds']:.2f} s, gave back "
-          f"{record['refused']} starts")
-    assert record["refused"] >= 1, record
+    print(f"\n{names[1]} drained in {record['seconds']:.2f} s, handed over "
+          f"{record['released']} executions, gave back {record['refused']} starts")
+    assert record["refused"] >= 1 and record["released"] >= 1, record
+    for execution_id in (pinned[names[1]], more[names[1]]):
+        assert hosts_of(histories[execution_id])[:2] == names[::-1], "pinned, moved to host 0"
     for group, label in ((raced_draining, "draining"), (raced_gone, "gone")):
         aimed = [i for i in group if names[rendezvous(i, names)] == names[1]]
         assert aimed, f"no start aimed at the {label} host"
