@@ -86,7 +86,6 @@ class HostSet:
         """Find the hosts that exist (after a supervisor restart), then ensure ``min``."""
         found = await asyncio.gather(*(self._probe(self.name(i))
                                        for i in range(self.policy.max_hosts)))
-        size = 0
         for index, (handle, stats) in enumerate(found):
             if handle is None:
                 continue
@@ -94,11 +93,9 @@ class HostSet:
             self.handles[name] = handle
             if stats is not None and stats.get("draining"):
                 self._start_drain(name, hand_over)
-            elif stats is not None or index < self.policy.min_hosts:
-                size = index + 1
             else:
-                self.pending.add(name)  # exists but does not answer yet
-        await self.grow(max(size, self.policy.min_hosts), wait=True)
+                self.pending.add(name)  # promoted in index order while they answer
+        await self.grow(self.policy.min_hosts, wait=True)
 
     async def _probe(self, name: str) -> tuple[Any, dict[str, Any] | None]:
         handle = await self._probe_exists(name)
@@ -129,7 +126,8 @@ class HostSet:
                 self.handles[name] = self._create(name)
                 self.pending.add(name)
         if wait:
-            waiting = [self.handles[self.name(i)] for i in range(self.size, target)]
+            waiting = [self.handles[self.name(i)] for i in range(self.size, target)
+                       if self.name(i) in self.handles]
             await asyncio.gather(*(handle.stats.remote() for handle in waiting))
         await self.promote()
 

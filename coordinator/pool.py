@@ -92,6 +92,8 @@ class HostPool:
         """Read the membership from the supervisor."""
         assert self._supervisor is not None, "start() first"
         found = await self._supervisor.membership.remote()
+        if not found["active"]:
+            raise RuntimeError("the supervisor answered an empty pool; keeping the last view")
         self._handles = dict(found["handles"])
         self._names = [name for name in found["active"] if name in self._handles]
         self._draining = [name for name in found["draining"] if name in self._handles]

@@ -11,6 +11,9 @@ Run with ``-s`` to see the figures (time to scale up and down, executions handed
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -19,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ray.exceptions import RayActorError
 
 from coordinator.core import events as ev
 from coordinator.executions import ExecutionService, SagaCatalog
@@ -241,3 +245,36 @@ async def start_many(service: ExecutionService, count: int) -> list[str]:
         return str(view["execution_id"])
 
     return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def test_a_restarted_supervisor_rebuilds_the_membership(
+        make_stack: StackFactory, http: aiohttp.ClientSession) -> None:
+    """SIGKILL the supervisor once the pool grew: Ray restarts it, it finds both hosts (so
+    the pool does not fall back to its minimum), and later shrinks it as before."""
+    stack = await make_stack(lease_seconds=10.0, min_hosts=1, max_hosts=2, target_per_host=4,
+                             **ELASTIC)
+    api = Api(http, stack.demo)
+    load = [order({"reserve_inventory": "latency=1500", "charge_payment": "latency=1500"})
+            for _ in range(40)]
+    starting = asyncio.create_task(start_all(api, load, spread=0.1))
+    await until(pool_size_is(stack, 2), 60, "the pool grew")
+    os.kill(await stack.supervisor_pid(), signal.SIGKILL)
+
+    async def rebuilt() -> bool:
+        with contextlib.suppress(RayActorError):
+            stats = await stack.pool.supervisor_stats()
+            # sizes[0] is the size the restarted supervisor rebuilt.
+            return bool(stats["sizes"] and stats["sizes"][0][1] == 2)
+        return False
+
+    await until(rebuilt, 60, "the restarted supervisor found both hosts")
+    ids = await starting
+    await until(pool_size_is(stack, 1), 60, "the pool shrank back to 1 host")
+    await settle(stack, ids, timeout=90)
+    check_histories(await stack.histories(ids))
+    found = await views(api, ids)
+    assert Counter(view["status"] for view in found.values()) == {"completed": len(ids)}
+    await assert_ledgers_consistent(api, found)
+    stats = await stack.pool.supervisor_stats()
+    print(f"\nafter the supervisor restart: sizes {[size for _, size in stats['sizes']]}, "
+          f"drained {[record['host'] for record in stats['drained']]}")
