@@ -151,7 +151,24 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="join a running Ray cluster ('auto' finds a local one); "
                              "default: start a local Ray")
     parser.add_argument("--hosts", type=int, default=env("SAGARAY_HOSTS"),
-                        help="SagaHost actors in the pool (default: the cluster's CPU count)")
+                        help="a fixed pool of N SagaHost actors (default: the cluster's CPU "
+                             "count); see --min-hosts/--max-hosts for an elastic one")
+    parser.add_argument("--min-hosts", type=int, default=env("SAGARAY_MIN_HOSTS"),
+                        help="elastic pool: never fewer SagaHosts than this (default 1)")
+    parser.add_argument("--max-hosts", type=int, default=env("SAGARAY_MAX_HOSTS"),
+                        help="elastic pool: never more SagaHosts than this (default: the "
+                             "larger of --min-hosts and the cluster's CPU count)")
+    parser.add_argument("--target-per-host", type=float,
+                        default=env("SAGARAY_TARGET_PER_HOST", "100"),
+                        help="elastic pool: executions in flight per host above which it "
+                             "grows (default 100)")
+    parser.add_argument("--scale-down-after", type=float,
+                        default=env("SAGARAY_SCALE_DOWN_AFTER", "60"),
+                        help="elastic pool: seconds of low load before one host is drained "
+                             "(default 60)")
+    parser.add_argument("--host-cpus", type=float, default=env("SAGARAY_HOST_CPUS", "0"),
+                        help="CPUs each SagaHost requests from Ray (default 0); above 0, "
+                             "a Ray autoscaler adds nodes for new hosts")
     parser.add_argument("--namespace", default=env("SAGARAY_NAMESPACE", "sagaray"))
     parser.add_argument("--jaeger-url", default=env("SAGARAY_JAEGER_URL"))
     parser.add_argument("--lease-seconds", type=float,
@@ -190,7 +207,10 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
         host=args.host, port=args.port, sagas_dir=Path(args.sagas),
         services_file=Path(args.services), journal_url=args.journal,
-        ray_address=args.ray_address, hosts=args.hosts, namespace=args.namespace,
+        ray_address=args.ray_address, hosts=args.hosts, min_hosts=args.min_hosts,
+        max_hosts=args.max_hosts, target_per_host=args.target_per_host,
+        scale_down_after=args.scale_down_after, host_cpus=args.host_cpus,
+        namespace=args.namespace,
         jaeger_url=args.jaeger_url, lease_seconds=args.lease_seconds,
         api_tokens=load_tokens(args.api_tokens), insecure=args.insecure,
         max_in_flight=args.max_in_flight, max_in_flight_per_host=args.max_in_flight_per_host)
@@ -198,12 +218,13 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from coordinator.auth import InsecureBind, TokenConfigError, check_exposure
-    from coordinator.server import init_ray, serve
+    from coordinator.server import PoolConfigError, check_pool_options, init_ray, serve
 
     try:
         options = serve_options(args)
         check_exposure(options.host, options.api_tokens, options.insecure)
-    except (TokenConfigError, InsecureBind) as error:
+        check_pool_options(options)
+    except (TokenConfigError, InsecureBind, PoolConfigError) as error:
         print(f"sagaray serve: {error}", file=sys.stderr)
         return EXIT_USAGE
     init_ray(options.ray_address, options.namespace)

@@ -80,9 +80,15 @@ class CompletionWatch:
             except Exception as error:
                 log.debug("finish feed of %s unavailable: %r", host, error)
                 incarnation = cursor = None
+                nobody = not self._waiters.get(host)
                 # Waiters fall back to reading the journal each time they are woken.
                 self._primed[host].set()
                 self._wake_all(host)
+                if nobody:
+                    # Say the host left the pool: stop polling it; the next waiter
+                    # restarts the loop and primes it again.
+                    del self._loops[host], self._primed[host]
+                    return
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
             if not answer["complete"]:

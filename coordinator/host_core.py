@@ -12,6 +12,11 @@
   is owned by another live host is left alone.
 - Retries nothing itself: the runner and the core own retries. If the host dies,
   its leases expire and the supervisor hands its executions to live hosts.
+- ``drain`` (the host is leaving the pool) is idempotent: from then on the host
+  takes no new execution (a start handed to it releases the lease it came with
+  and answers ``draining``), each runner stops at a safe point, and each lease
+  is released in the journal, so the supervisor hands the execution to a live
+  host at once instead of after the lease expires.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class HostConfig:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     # Test-only crash injection: checkpoint name -> probability of a hard exit.
     fault_points: dict[str, float] = field(default_factory=dict)
+    # How long a draining host lets attempts in flight reply before abandoning them
+    # (the next host re-sends them with the same idempotency key).
+    drain_seconds: float = 5.0
 
 
 class HostCore:
@@ -75,6 +83,11 @@ class HostCore:
         # Executions whose start is claiming them; set once the start has answered.
         self._starting: dict[str, asyncio.Event] = {}
         self.finishes = FinishFeed()
+        self.draining = False
+        self._drain_seconds = config.drain_seconds
+        self._releases: set[asyncio.Task[None]] = set()
+        self.released = 0
+        self.refused = 0
         self._opened = False
         self._opening = asyncio.Lock()
         self.started = 0
@@ -113,6 +126,8 @@ class HostCore:
         """
         if execution_id in self._runners or execution_id in self._starting:
             return self.placement("running")
+        if self.draining:
+            return await self._refuse(execution_id, fence)
         self._starting[execution_id] = asyncio.Event()
         try:
             _, status = await self._claim_and_launch(execution_id, events, fence)
@@ -140,6 +155,10 @@ class HostCore:
             fence = await self._leases.claim(execution_id)
         if fence is None:
             return None, "owned_elsewhere"
+        if self.draining:
+            # drain() began while this start was claiming: hand it back at once.
+            await self._leases.release(execution_id)
+            return None, "draining"
         if fence > 1 and events is not None:
             # Someone else may have written since those events were read.
             state, definition = await self._load(execution_id, None)
@@ -150,6 +169,8 @@ class HostCore:
         """``accepted``, ``refused`` (terminal or past the pivot), ``owned_elsewhere``
         or ``not_found``."""
         runner = self._runners.get(execution_id)
+        if runner is None and self.draining:
+            return "owned_elsewhere"  # it is moving to another host: the API retries
         if runner is None:
             runner, status = await self._claim_and_launch(execution_id, None)
             if runner is None:
@@ -162,6 +183,8 @@ class HostCore:
         after sees the execution running again."""
         if execution_id in self._runners:
             return "accepted" if await self._runners[execution_id].resume() else "refused"
+        if self.draining:
+            return "owned_elsewhere"
         state, definition = await self._load(execution_id, None)
         if state is None or definition is None:
             return "not_found"
@@ -211,7 +234,38 @@ class HostCore:
     def stats(self) -> dict[str, Any]:
         return {"host": self.host_id, "node_id": self.node_id, "pid": os.getpid(),
                 "running": len(self._runners), "started": self.started,
-                "finished": self.finished}
+                "finished": self.finished, "draining": self.draining,
+                "released": self.released, "refused": self.refused}
+
+    async def drain(self, wait: float) -> int:
+        """Start (or go on) draining; wait up to ``wait`` s for it to end.
+
+        Returns how many executions are still here (running, starting, or whose
+        lease is being released): 0 means the host may be stopped.
+        """
+        if not self.draining:
+            self.draining = True
+            log.info("%s drains %d executions", self.host_id, len(self._runners))
+        for runner in list(self._runners.values()):
+            runner.drain(self._drain_seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self._left() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            for runner in list(self._runners.values()):
+                runner.drain(self._drain_seconds)  # launched since: idempotent
+        return self._left()
+
+    def _left(self) -> int:
+        return len(self._runners) + len(self._starting) + len(self._releases)
+
+    async def _refuse(self, execution_id: str, fence: int | None) -> Answer:
+        """A start reaching a draining host: give back the lease it was created with."""
+        self.refused += 1
+        if fence is not None:
+            await self._open()
+            await self._journal.release(execution_id, self.host_id, fence)
+        return self.placement("draining")
 
     async def metrics_snapshot(self) -> dict[str, Any]:
         """This host's counters, its running executions and its circuit states."""
@@ -268,11 +322,24 @@ class HostCore:
         if runner is not None:
             runner.abandon()
 
+    async def _release(self, execution_id: str) -> None:
+        try:
+            await self._leases.release(execution_id)
+            self.released += 1
+        except Exception:
+            log.exception("could not release %s; its lease will expire", execution_id)
+
     def _forget(self, execution_id: str, task: asyncio.Task[ExecutionState]) -> None:
-        self._runners.pop(execution_id, None)
+        runner = self._runners.pop(execution_id, None)
         self.finishes.record(execution_id)
-        # A terminal append cleared the lease; any other stop leaves it to expire.
-        self._leases.forget(execution_id)
+        if runner is not None and runner.drained and not runner.fenced_out:
+            # Drained: release now so the supervisor hands it over without waiting.
+            release = asyncio.get_running_loop().create_task(self._release(execution_id))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+        else:
+            # A terminal append cleared the lease; any other stop leaves it to expire.
+            self._leases.forget(execution_id)
         self.finished += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("runner of %s stopped: %r", execution_id, task.exception())

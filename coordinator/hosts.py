@@ -40,7 +40,11 @@ def _node_id() -> str | None:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=10_000)
 class SagaHost:
-    """A long-lived async actor running many executions (``placement: shared``)."""
+    """A long-lived async actor running many executions (``placement: shared``).
+
+    Created, drained and stopped by the supervisor (``coordinator/supervisor.py``);
+    ``drain`` is idempotent and may be called again after a restart.
+    """
 
     def __init__(self, host_id: str, config: HostConfig) -> None:
         adopt_otel_env(config.otel_env)
@@ -81,6 +85,9 @@ class SagaHost:
     async def metrics(self) -> dict[str, Any]:
         """A snapshot of this host's metrics (plain data), for the API's /metrics."""
         return await self.core.metrics_snapshot()
+
+    async def drain(self, wait: float) -> int:
+        return await self.core.drain(wait)
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1_000)

@@ -9,6 +9,7 @@ named after the execution so any API process can find it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -19,51 +20,103 @@ from ray.exceptions import RayActorError
 from coordinator.core import events as ev
 from coordinator.core.definition import Placement as PlacementKind
 from coordinator.handover import HandOverQueue
-from coordinator.hosts import DedicatedHost, HostConfig, SagaHost
+from coordinator.hosts import DedicatedHost, HostConfig
+from coordinator.journal.base import Journal
+from coordinator.membership import host_name
 from coordinator.pool_hashing import rendezvous
+from coordinator.scaling import ScalePolicy
 from coordinator.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 
+# How often an API process re-reads the membership from the supervisor.
+REFRESH_SECONDS = 1.0
+# How many times a start is re-dispatched when its host answers "draining".
+REDISPATCHES = 3
+
+
 class HostPool:
-    def __init__(self, config: HostConfig, size: int, namespace: str = "sagaray") -> None:
-        if size < 1:
+    """The API's view of the pool: cached membership, hand-over queues, routing.
+
+    The supervisor owns the membership; this class reads it at ``start``, every
+    ``REFRESH_SECONDS`` and whenever a host answers ``draining`` or is gone, so a
+    start costs no supervisor call. A start that reaches a draining host (stale
+    cache) is given back by that host (its lease released) and re-dispatched here.
+    """
+
+    def __init__(self, config: HostConfig, size: int | ScalePolicy, namespace: str = "sagaray",
+                 *, scale_interval: float = 1.0, host_cpus: float = 0.0,
+                 journal: Journal | None = None,
+                 refresh_seconds: float | None = REFRESH_SECONDS) -> None:
+        policy = ScalePolicy.fixed(size) if isinstance(size, int) else size
+        if isinstance(size, int) and size < 1:
             raise ValueError(f"the host pool needs at least one host, not {size}")
-        self._config = config
-        self._size = size
+        self.config = config
+        self.policy = policy
+        self._refresh_seconds = refresh_seconds  # None: only on demand (tests of stale views)
         self._namespace = namespace
-        self._names = [f"{namespace}-host-{index}" for index in range(size)]
-        self._hosts: list[ActorHandle] = []
+        self._scale_interval = scale_interval
+        self._host_cpus = host_cpus
+        self._journal = journal  # to release a lease given to a host that is gone
+        self._names: list[str] = []
+        self._draining: list[str] = []
+        self._handles: dict[str, ActorHandle] = {}
         self._supervisor: ActorHandle | None = None
         self._queues: dict[str, HandOverQueue] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
     @property
     def names(self) -> list[str]:
+        """The active hosts now (they take new work); ``len`` is the pool's size."""
         return list(self._names)
 
+    def membership(self) -> dict[str, list[str]]:
+        """The cached membership: ``active`` and ``draining`` host names."""
+        return {"active": list(self._names), "draining": list(self._draining)}
+
     async def start(self) -> None:
-        """Create (or attach to) the hosts and the supervisor; wait until each answers."""
-        self._hosts = [
-            SagaHost.options(  # type: ignore[attr-defined]
-                name=name, namespace=self._namespace, get_if_exists=True,
-                lifetime="detached", scheduling_strategy="SPREAD",
-            ).remote(name, self._config)
-            for name in self._names
-        ]
-        await asyncio.gather(*(host.stats.remote() for host in self._hosts))
+        """Create (or attach to) the supervisor, which creates the hosts; wait for them."""
         self._supervisor = Supervisor.options(  # type: ignore[attr-defined]
             name=f"{self._namespace}-supervisor", namespace=self._namespace,
             get_if_exists=True, lifetime="detached",
-        ).remote(self._config.journal_url, self._names, self._namespace,
-                 interval=self._config.lease_seconds / 4, grace=self._config.lease_seconds)
-        await self._supervisor.stats.remote()
+        ).remote(self.config, self._namespace, self.policy,
+                 interval=self.config.lease_seconds / 4, grace=self.config.lease_seconds,
+                 scale_interval=self._scale_interval, host_cpus=self._host_cpus)
+        await self.refresh()
+        if self._refresh_seconds is not None:
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh_forever(self._refresh_seconds))
+
+    async def refresh(self) -> None:
+        """Read the membership from the supervisor."""
+        assert self._supervisor is not None, "start() first"
+        found = await self._supervisor.membership.remote()
+        if not found["active"]:
+            raise RuntimeError("the supervisor answered an empty pool; keeping the last view")
+        self._handles = dict(found["handles"])
+        self._names = [name for name in found["active"] if name in self._handles]
+        self._draining = [name for name in found["draining"] if name in self._handles]
+        for gone in self._queues.keys() - set(self._names):
+            del self._queues[gone]
+
+    async def _refresh_forever(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.refresh()
+            except Exception as error:  # the supervisor restarting: keep the last view
+                log.debug("membership refresh failed: %r", error)
 
     def host_for(self, execution_id: str) -> ActorHandle:
-        return self._hosts[rendezvous(execution_id, self._names)]
+        return self._handles[self.host_name(execution_id)]
 
     def host_name(self, execution_id: str, owner: str | None = None) -> str:
-        """The shared host that runs the execution: its recorded owner, else its hash."""
+        """The shared host that runs the execution: its recorded owner, else its hash.
+
+        An owner that is draining hands its executions to the hash's host, so
+        that is where a waiter looks.
+        """
         if owner in self._names:
             return owner
         return self._names[rendezvous(execution_id, self._names)]
@@ -71,7 +124,9 @@ class HostPool:
     async def finished_since(self, host: str, incarnation: str | None, cursor: int | None,
                              timeout: float) -> dict[str, Any]:
         """One long poll of a host's :class:`~coordinator.finish_feed.FinishFeed`."""
-        actor = self._hosts[self._names.index(host)]
+        actor = self._handles.get(host)
+        if actor is None:
+            raise LookupError(f"{host} is not in the pool any more")
         return dict(await actor.finished_since.remote(incarnation, cursor, timeout))
 
     def lease_for(self, placement: PlacementKind, execution_id: str) -> tuple[str, float] | None:
@@ -83,7 +138,7 @@ class HostPool:
         """
         if placement == "dedicated":
             return None
-        return self.host_name(execution_id), self._config.lease_seconds
+        return self.host_name(execution_id), self.config.lease_seconds
 
     async def dispatch(
         self, placement: PlacementKind, execution_id: str, events: list[ev.Event] | None = None,
@@ -97,14 +152,41 @@ class HostPool:
             actor = DedicatedHost.options(  # type: ignore[attr-defined]
                 name=self._dedicated_name(execution_id), namespace=self._namespace,
                 get_if_exists=True, lifetime="detached",
-            ).remote(self._dedicated_name(execution_id), self._config)
+            ).remote(self._dedicated_name(execution_id), self.config)
             return dict(await actor.start.remote(execution_id, events))
-        name = self.host_name(execution_id)
+        for _ in range(REDISPATCHES):
+            name = self.host_name(execution_id)
+            try:
+                answer = await self._queue(name).put(execution_id, events, fence)
+            except (RayActorError, KeyError):
+                # Removed meanwhile (or restarting): it never ran this execution.
+                await self._gone(name, execution_id, fence)
+                answer = {"host": name, "status": "draining"}
+            if answer.get("status") != "draining":
+                return answer
+            # The host released the lease it was given: claim afresh elsewhere.
+            fence = None
+            await self.refresh()
+        # Released and unowned: the supervisor's next sweep hands it over.
+        return answer
+
+    def _queue(self, name: str) -> HandOverQueue:
         queue = self._queues.get(name)
         if queue is None:
-            actor = self._hosts[self._names.index(name)]
-            queue = self._queues[name] = HandOverQueue(actor.start_many.remote)
-        return await queue.put(execution_id, events, fence)
+            # Looked up at each call: a host re-created under the same name gets a new handle.
+            def start_many(batch: list[Any]) -> Any:
+                return self._handles[name].start_many.remote(batch)
+
+            queue = self._queues[name] = HandOverQueue(start_many)
+        return queue
+
+    async def _gone(self, name: str, execution_id: str, fence: int | None) -> None:
+        """A host failed a hand-over; release its lease if it left the pool."""
+        self._queues.pop(name, None)
+        await self.refresh()
+        if fence is not None and self._journal is not None and name not in self._names \
+                and name not in self._draining:
+            await self._journal.release(execution_id, name, fence)
 
     async def call(self, placement: PlacementKind, execution_id: str, method: str,
                    *args: Any, owner: str | None = None) -> Any:
@@ -124,8 +206,8 @@ class HostPool:
 
     async def _owner(self, placement: PlacementKind, execution_id: str,
                      owner: str | None) -> ActorHandle:
-        if owner in self._names:
-            return self._hosts[self._names.index(owner)]
+        if owner is not None and owner in self._handles:
+            return self._handles[owner]
         if placement == "dedicated":
             name = self._dedicated_name(execution_id)
             try:
@@ -139,12 +221,15 @@ class HostPool:
         return f"{self._namespace}-exec-{execution_id}"
 
     async def stats(self) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(host.stats.remote() for host in self._hosts)))
+        """``stats()`` of every active host."""
+        hosts = [self._handles[name] for name in self._names]
+        return list(await asyncio.gather(*(host.stats.remote() for host in hosts)))
 
     async def host_metrics(self, timeout: float) -> dict[str, dict[str, Any] | None]:
         """Each host's metrics snapshot by name; None for a host that did not answer
         within ``timeout`` seconds (a slow or dead host must not hold up a scrape)."""
-        names, hosts = list(self._names), list(self._hosts)
+        names = list(self._names)
+        hosts = [self._handles[name] for name in names]
 
         async def one(host: ActorHandle) -> dict[str, Any] | None:
             try:
@@ -156,13 +241,29 @@ class HostPool:
         answers = await asyncio.gather(*(one(host) for host in hosts))
         return dict(zip(names, answers, strict=True))
 
-    async def supervisor_stats(self) -> dict[str, int]:
+    async def supervisor_stats(self) -> dict[str, Any]:
         if self._supervisor is None:
             return {}
         return dict(await self._supervisor.stats.remote())
 
+    def close(self) -> None:
+        """Stop refreshing the membership (the actors stay: they are shared)."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+
     def shutdown(self) -> None:
-        for actor in [*self._hosts, self._supervisor]:
-            if actor is not None:
+        """Kill the supervisor first (so it creates no more hosts), then every host."""
+        self.close()
+        if self._supervisor is not None:
+            ray.kill(self._supervisor)
+        known = set(self._handles)
+        for actor in self._handles.values():
+            with contextlib.suppress(Exception):
                 ray.kill(actor)
-        self._hosts, self._supervisor = [], None
+        # Hosts created since the last refresh (pending ones included).
+        for index in range(self.policy.max_hosts):
+            name = host_name(self._namespace, index)
+            if name not in known:
+                with contextlib.suppress(ValueError):
+                    ray.kill(ray.get_actor(name, namespace=self._namespace))
+        self._handles, self._names, self._supervisor = {}, [], None

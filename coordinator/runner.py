@@ -18,6 +18,10 @@ Contract of :class:`ExecutionRunner`:
 - After each durable append it calls ``on_journaled(state, events)`` once with every
   event of that append (the host's metrics count facts only); the hook's errors are
   logged, never raised into the execution.
+- Drains on request (its host is leaving the pool): it decides nothing more,
+  waits up to a grace period for the attempts in flight to reply, journals those
+  replies and stops, so the next host goes on from there. An attempt still in
+  flight after the grace is abandoned: the next host re-sends it with the same key.
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ class ExecutionRunner:
         self.finished = asyncio.Event()
         self.opened = asyncio.Event()  # set once the opening events are durable
         self.fenced_out = False
+        self.drained = False  # stopped by drain(): its lease is for the host to release
+        self._drain_grace: float | None = None
 
     @property
     def execution_id(self) -> str:
@@ -138,6 +144,13 @@ class ExecutionRunner:
         self.fenced_out = True
         self._inbox.put_nowait(_ABANDON)
 
+    def drain(self, grace: float) -> None:
+        """Stop at the next safe point (see the contract); ``grace`` bounds the wait
+        for attempts in flight."""
+        if self._drain_grace is None:
+            self._drain_grace = grace
+            self._inbox.put_nowait(_TICK)  # wakes a runner waiting for replies or timers
+
     async def _control(self, kind: str, reason: str | None) -> bool:
         if self.finished.is_set():
             return False
@@ -149,6 +162,8 @@ class ExecutionRunner:
         try:
             self._defer([*self._opening, *interrupted(self.state, self._clock())])
             while not self.state.terminal:
+                if self._drain_grace is not None:
+                    await self._stop_for_drain(self._drain_grace)
                 if not await self._step():
                     await self._flush()
                     await self._wait()
@@ -191,6 +206,9 @@ class ExecutionRunner:
         batch = [message]
         while not self._inbox.empty():
             batch.append(self._inbox.get_nowait())
+        await self._handle(batch)
+
+    async def _handle(self, batch: list[object]) -> None:
         if _ABANDON in batch:
             raise _Stop()
         replies = [m for m in batch if isinstance(m, _Replied)]
@@ -199,6 +217,18 @@ class ExecutionRunner:
             self._defer([self._judge(m) for m in replies])
         for control in (m for m in batch if isinstance(m, _Control)):
             await self._apply_control(control)
+
+    async def _stop_for_drain(self, grace: float) -> None:
+        """Journal what the attempts in flight answer within ``grace``, then stop."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        batch = []
+        while not self._inbox.empty():
+            batch.append(self._inbox.get_nowait())
+        await self._handle(batch)
+        await self._flush()
+        self.drained = not self.state.terminal
+        raise _Stop()
 
     def _judge(self, replied: _Replied) -> ev.Event:
         command, now = replied.command, self._clock()

@@ -38,6 +38,7 @@ from coordinator.leases import DEFAULT_LEASE_SECONDS
 from coordinator.loader import Registry, ServiceConfig, load_registry, resolve_headers
 from coordinator.metrics.api import ApiMetrics
 from coordinator.pool import HostPool
+from coordinator.scaling import DEFAULT_SCALE_DOWN_AFTER, DEFAULT_TARGET_PER_HOST, ScalePolicy
 from coordinator.telemetry import api_tracing, otel_env
 
 if TYPE_CHECKING:
@@ -56,6 +57,15 @@ class ServeOptions:
     journal_url: str = DEFAULT_JOURNAL
     ray_address: str | None = None
     hosts: int | None = None
+    # Elastic pool bounds (``hosts`` is a fixed pool: both at once is an error).
+    min_hosts: int | None = None
+    max_hosts: int | None = None
+    target_per_host: float = DEFAULT_TARGET_PER_HOST
+    scale_down_after: float = DEFAULT_SCALE_DOWN_AFTER
+    scale_interval: float = 1.0
+    # CPUs each SagaHost requests: above 0, more hosts make a Ray autoscaler add nodes.
+    host_cpus: float = 0.0
+    drain_seconds: float = 5.0
     namespace: str = "sagaray"
     jaeger_url: str | None = None
     extra_sagas: tuple[Path, ...] = field(default_factory=tuple)
@@ -85,6 +95,7 @@ class Stack:
 
     async def close(self) -> None:
         await stop(self.refresher)
+        self.pool.close()
         await self.service.close()
         await self.journal.close()
         if self.tracing is not None:
@@ -113,6 +124,45 @@ def pool_size(requested: int | None) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+class PoolConfigError(ValueError):
+    """Pool bounds that cannot work together (a usage error of ``serve``)."""
+
+
+def scale_policy(options: ServeOptions) -> ScalePolicy:
+    """The pool's bounds: ``--hosts N`` is a fixed pool; ``--min-hosts``/``--max-hosts``
+    an elastic one (min defaults to 1, max to the larger of min and the CPU count);
+    none of them, a fixed pool of the cluster's CPU count, as before elastic pools."""
+    check_pool_options(options)
+    if options.min_hosts is None and options.max_hosts is None:
+        return ScalePolicy.fixed(pool_size(options.hosts))
+    low = options.min_hosts or 1
+    high = options.max_hosts or max(low, pool_size(None))
+    return ScalePolicy(low, high, options.target_per_host, options.scale_down_after)
+
+
+def check_pool_options(options: ServeOptions) -> None:
+    """:class:`PoolConfigError` naming the setting and value that cannot be used."""
+    if options.hosts is not None and (options.min_hosts, options.max_hosts) != (None, None):
+        raise PoolConfigError(
+            f"--hosts {options.hosts} is a fixed pool; it cannot be combined with --min-hosts "
+            f"{options.min_hosts} / --max-hosts {options.max_hosts} (from flags or SAGARAY_* "
+            "variables): give either --hosts or the bounds")
+    for flag, value in (("--hosts", options.hosts), ("--min-hosts", options.min_hosts),
+                        ("--max-hosts", options.max_hosts)):
+        if value is not None and value < 1:
+            raise PoolConfigError(f"{flag} must be at least 1, not {value}")
+    low, high = options.min_hosts, options.max_hosts
+    if low is not None and high is not None and high < low:
+        raise PoolConfigError(f"--max-hosts {options.max_hosts} is below --min-hosts "
+                              f"{options.min_hosts}")
+    checks = (("--target-per-host", options.target_per_host, options.target_per_host > 0),
+              ("--scale-down-after", options.scale_down_after, options.scale_down_after >= 0),
+              ("--host-cpus", options.host_cpus, options.host_cpus >= 0))
+    for setting, amount, good in checks:
+        if not good:
+            raise PoolConfigError(f"{setting} cannot be {amount}")
+
+
 def load(options: ServeOptions) -> Registry:
     registry = load_registry(options.sagas_dir, options.services_file)
     for extra in options.extra_sagas:
@@ -128,11 +178,14 @@ async def build_stack(options: ServeOptions, registry: Registry | None = None) -
     config = HostConfig(journal_url=options.journal_url, definitions=tuple(registry.all()),
                         endpoints=endpoints_of(registry.services), otel_env=otel,
                         lease_seconds=options.lease_seconds,
-                        fault_points=dict(options.fault_points))
-    pool = HostPool(config, pool_size(options.hosts), namespace=options.namespace)
-    await pool.start()
+                        fault_points=dict(options.fault_points),
+                        drain_seconds=options.drain_seconds)
     journal = journal_from_url(options.journal_url)
     await journal.open()
+    pool = HostPool(config, scale_policy(options), namespace=options.namespace,
+                    scale_interval=options.scale_interval, host_cpus=options.host_cpus,
+                    journal=journal)
+    await pool.start()
     tracing = api_tracing(otel)
     admission = Admission(AdmissionLimits(options.max_in_flight, options.max_in_flight_per_host),
                           lambda: pool.names, pool.host_name, journal.live_counts)
@@ -167,8 +220,9 @@ async def serve(options: ServeOptions) -> None:
     resumed = await stack.service.resume_all()
     auth = ("bearer tokens" if options.api_tokens.enabled
             else "NO authentication (--insecure)" if options.insecure else "no authentication")
+    hosts = pool_description(stack.pool.policy, len(stack.pool.names))
     print(f"sagaray serving on http://{options.host}:{options.port} "
-          f"({len(stack.pool.names)} hosts, journal {mask(options.journal_url)}, {auth}, "
+          f"({hosts}, journal {mask(options.journal_url)}, {auth}, "
           f"{resumed} unfinished executions resumed)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -178,6 +232,13 @@ async def serve(options: ServeOptions) -> None:
     await stop.wait()
     await runner.cleanup()
     await stack.close()
+
+
+def pool_description(policy: ScalePolicy, size: int) -> str:
+    if not policy.elastic:
+        return f"{size} hosts"
+    return (f"{size} hosts, elastic {policy.min_hosts}..{policy.max_hosts} at "
+            f"{policy.target_per_host:g} executions per host")
 
 
 def mask(url: str) -> str:

@@ -185,10 +185,11 @@ class StackFactory(Protocol):
     async def __call__(
         self,
         *,
-        hosts: int = 2,
+        hosts: int | None = 2,
         lease_seconds: float = 2.0,
         fault_points: Mapping[str, float] | None = None,
         journal_url: str | None = None,
+        **options: Any,
     ) -> FaultStack: ...
 
 
@@ -201,11 +202,13 @@ async def make_stack(
 
     async def make(
         *,
-        hosts: int = 2,
+        hosts: int | None = 2,
         lease_seconds: float = 2.0,
         fault_points: Mapping[str, float] | None = None,
         journal_url: str | None = None,
+        **more: Any,
     ) -> FaultStack:
+        """``more``: other :class:`ServeOptions` fields (the elastic pool's bounds)."""
         namespace = f"faults-{uuid.uuid4().hex[:8]}"
         base = tmp_path / namespace
         sagas = base / "sagas"
@@ -215,7 +218,7 @@ async def make_stack(
         options = ServeOptions(
             sagas_dir=sagas, services_file=base / "services.yaml", journal_url=url,
             hosts=hosts, namespace=namespace, lease_seconds=lease_seconds,
-            fault_points=dict(fault_points or {}))
+            fault_points=dict(fault_points or {}), **more)
         started = time.monotonic()
         built = await build_stack(options)
         runner = web.AppRunner(built.app, access_log=None)
@@ -225,7 +228,7 @@ async def make_stack(
         stack = FaultStack(f"http://127.0.0.1:{port}", demo_services, built, namespace, url,
                            base, runner)
         made.append(stack)
-        print(f"\nstack {namespace}: {hosts} hosts, lease {lease_seconds:g} s, "
+        print(f"\nstack {namespace}: {hosts or more} hosts, lease {lease_seconds:g} s, "
               f"fault points {dict(fault_points or {})}, up in "
               f"{time.monotonic() - started:.1f} s")
         return stack
