@@ -178,10 +178,11 @@ class GroupCommitWriter:
                 break
         self.stats.requests += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        if self.observer is not None:
+            # Before delivering: a caller woken by its result may read the metrics at once.
+            self._observe(self.observer, batch)
         for request, outcome in zip(batch, outcomes, strict=True):
             _deliver(request, outcome)
-        if self.observer is not None:
-            self._observe(self.observer, batch)
 
     def _observe(self, observer: WriteObserver, batch: list[_Request]) -> None:
         done = time.perf_counter()

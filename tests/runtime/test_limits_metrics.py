@@ -206,12 +206,13 @@ class SlowHost:
 async def test_a_slow_host_does_not_hold_up_the_scrape(api: Api) -> None:
     pool = stack_of(api).pool
     slow = SlowHost.remote()  # type: ignore[attr-defined]
-    real = pool._hosts[1]
-    pool._hosts[1] = slow
+    second = pool.names[1]
+    real = pool._handles[second]
+    pool._handles[second] = slow
     try:
         found = await scrape(api)  # would hang (until the test's timeout) without one
     finally:
-        pool._hosts[1] = real
+        pool._handles[second] = real
         ray.kill(slow)
     names = pool.names
     assert found[("sagaray_host_up", frozenset({("host", names[0])}))] == 1
