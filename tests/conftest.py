@@ -7,15 +7,20 @@ itself by its own executions and inputs instead of restarting anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+
+if TYPE_CHECKING:
+    from coordinator.server import ServeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 # The flights service demands this token and the coordinator sends it from the
@@ -70,9 +75,7 @@ async def stack(
     ray_session: None, demo_services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[DemoStack]:
     """The whole coordinator on real Ray, with the API served on a free port."""
-    from aiohttp import web
-
-    from coordinator.server import ServeOptions, build_stack
+    from coordinator.server import ServeOptions
     from services.runner import write_services_file
 
     base = tmp_path_factory.mktemp("stack")
@@ -83,11 +86,25 @@ async def stack(
         journal_url=f"sqlite:///{base / 'journal.db'}", hosts=2, namespace="sagaray-tests",
         extra_sagas=(ROOT / "tests" / "sagas",),
     )
+    async with serving(options, demo_services, base / "journal.db") as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def serving(options: ServeOptions, demo_services: dict[str, str],
+                  journal_path: Path) -> AsyncIterator[DemoStack]:
+    """``build_stack`` plus the API on a free loopback port, as ``sagaray serve`` does."""
+    from aiohttp import web
+
+    from coordinator.server import build_stack
+
     built = await build_stack(options)
     runner = web.AppRunner(built.app)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield DemoStack(f"http://127.0.0.1:{port}", demo_services, built, base / "journal.db")
-    await runner.cleanup()
-    await built.close()
+    try:
+        yield DemoStack(f"http://127.0.0.1:{port}", demo_services, built, journal_path)
+    finally:
+        await runner.cleanup()
+        await built.close()

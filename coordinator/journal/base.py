@@ -18,11 +18,15 @@ Contract (checked by ``tests/journal/test_contract.py`` against every store):
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from coordinator.core.events import Event
+
+log = logging.getLogger(__name__)
 
 ExecutionStatus = Literal["running", "compensating", "completed", "compensated", "failed"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "compensated", "failed"})
@@ -106,6 +110,20 @@ class WriteObserver(Protocol):
 
     def journal_appended(self, seconds: float) -> None:
         """A write request (create or append) was durable ``seconds`` after it was made."""
+
+
+def report_writes(observer: WriteObserver, submitted: Sequence[float]) -> None:
+    """Tell ``observer`` of one commit of requests made at ``submitted`` (perf_counter).
+
+    Its errors are logged, never raised: metrics must not stop a journal writer.
+    """
+    done = time.perf_counter()
+    try:
+        observer.journal_committed(len(submitted))
+        for made_at in submitted:
+            observer.journal_appended(done - made_at)
+    except Exception:
+        log.exception("journal write observer failed")
 
 
 class Journal(Protocol):

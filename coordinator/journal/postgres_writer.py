@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from coordinator.journal.base import JournalError, SequenceConflict, WriteObserver
+from coordinator.journal.base import JournalError, SequenceConflict, WriteObserver, report_writes
 from coordinator.journal.postgres_db import Target, is_unavailable
 
 log = logging.getLogger(__name__)
@@ -185,17 +185,7 @@ class GroupCommitWriter:
         self.stats.largest_batch = max(self.stats.largest_batch, len(live))
         if self.observer is not None:
             # Those retried after a deadlock are observed once, when they are settled.
-            self._observe(self.observer, [r for r in live if r.future.done()])
-
-    def _observe(self, observer: WriteObserver, batch: list[_Request]) -> None:
-        done = time.perf_counter()
-        try:
-            observer.journal_committed(len(batch))
-            for request in batch:
-                observer.journal_appended(done - request.submitted)
-        except Exception:
-            # Metrics must never stop the writer task.
-            log.exception("journal write observer failed")
+            report_writes(self.observer, [r.submitted for r in live if r.future.done()])
 
     def _outcome(self, outcome: Any) -> Any:
         """What the caller gets: a result, or a JournalError (never a driver exception)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from coordinator.journal.base import JournalError, SequenceConflict, WriteObserver
+from coordinator.journal.base import JournalError, SequenceConflict, WriteObserver, report_writes
 from coordinator.journal.sqlite_db import (
     LOCK_RETRY_FOR,
     backoff_delays,
@@ -180,19 +180,9 @@ class GroupCommitWriter:
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         if self.observer is not None:
             # Before delivering: a caller woken by its result may read the metrics at once.
-            self._observe(self.observer, batch)
+            report_writes(self.observer, [request.submitted for request in batch])
         for request, outcome in zip(batch, outcomes, strict=True):
             _deliver(request, outcome)
-
-    def _observe(self, observer: WriteObserver, batch: list[_Request]) -> None:
-        done = time.perf_counter()
-        try:
-            observer.journal_committed(len(batch))
-            for request in batch:
-                observer.journal_appended(done - request.submitted)
-        except Exception:
-            # Metrics must never stop the writer thread (every write would fail after).
-            log.exception("journal write observer failed")
 
     def _failure(self, exc: Exception) -> JournalError:
         if isinstance(exc, sqlite3.Error):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -18,8 +18,8 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.admission import AdmissionLimits
-from coordinator.server import ServeOptions, Stack, build_stack
-from tests.conftest import ROOT, DemoStack, free_port
+from coordinator.server import ServeOptions, Stack
+from tests.conftest import ROOT, DemoStack, serving
 from tests.runtime.conftest import TERMINAL, Api
 
 pytestmark = pytest.mark.ray
@@ -30,7 +30,6 @@ SLOW = {"reserve_inventory": "latency=300"}  # keeps each execution in flight a 
 @pytest.fixture(scope="module")
 async def limited(ray_session: None, demo_services: dict[str, str],
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DemoStack]:
-    from aiohttp import web
 
     from services.runner import write_services_file
 
@@ -42,15 +41,9 @@ async def limited(ray_session: None, demo_services: dict[str, str],
         journal_url=f"sqlite:///{base / 'journal.db'}", hosts=2,
         namespace=f"sagaray-limits-{uuid.uuid4().hex[:6]}",
         extra_sagas=(ROOT / "tests" / "sagas",), max_in_flight=20, max_in_flight_per_host=12)
-    built = await build_stack(options)
-    runner = web.AppRunner(built.app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield DemoStack(f"http://127.0.0.1:{port}", demo_services, built, base / "journal.db")
-    await runner.cleanup()
-    await built.close()
-    built.pool.shutdown()
+    async with serving(options, demo_services, base / "journal.db") as served:
+        yield served
+    cast(Stack, served.stack).pool.shutdown()
 
 
 @pytest.fixture
