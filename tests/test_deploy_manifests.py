@@ -9,8 +9,11 @@ probes hit real routes, and images and versions agree across files and with the 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,7 +160,8 @@ def every_command_line() -> list[tuple[str, list[str]]]:
             found.append((f"compose {name} healthcheck", test[1:]))
     cmd = re.search(r"^CMD (\[.*\])", (DEPLOY / "Dockerfile").read_text(), re.MULTILINE)
     assert cmd is not None
-    found.append(("Dockerfile CMD", yaml.safe_load(cmd[1])))
+    # The entry point runs `sagaray` with CMD's arguments (test_the_entrypoint_...).
+    found.append(("Dockerfile CMD", ["sagaray", *yaml.safe_load(cmd[1])]))
     return found
 
 
@@ -457,3 +461,32 @@ def test_constraints_pin_every_runtime_dependency() -> None:
     for dependency in PYPROJECT["project"]["dependencies"]:
         name = re.split(r"[\[<>=!~ ]", dependency, maxsplit=1)[0].lower().replace("_", "-")
         assert name in pins, f"{name} is not pinned in deploy/constraints.txt"
+
+
+# -- the image's entry point -----------------------------------------------------------
+
+
+def run_entrypoint(*args: str) -> str:
+    """deploy/entrypoint.sh with this venv's programs first on PATH, as in the image."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    done = subprocess.run(["sh", str(DEPLOY / "entrypoint.sh"), *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PATH": path})
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def test_the_entrypoint_runs_sagaray_with_its_arguments() -> None:
+    assert coordinator.__version__ in run_entrypoint("--version")
+    report = run_entrypoint("validate", str(ROOT / "sagas"))
+    assert "trip_booking v1: 5 steps" in report and "order_fulfillment v1" in report, report
+
+
+def test_the_entrypoint_runs_a_named_program_as_given() -> None:
+    assert "ray, version 2.60.0" in run_entrypoint("ray", "--version")
+    assert coordinator.__version__ in run_entrypoint("sagaray", "--version")
+
+
+def test_the_dockerfile_uses_the_entrypoint() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^ENTRYPOINT \[\"sagaray-entrypoint\"\]$", dockerfile, re.MULTILINE)
+    assert "deploy/entrypoint.sh /usr/local/bin/sagaray-entrypoint" in dockerfile
