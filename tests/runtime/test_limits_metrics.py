@@ -196,16 +196,23 @@ class SlowHost:
         return {}
 
 
-async def test_a_slow_host_does_not_hold_up_the_scrape(api: Api) -> None:
+async def test_a_slow_host_does_not_hold_up_the_scrape(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     pool = stack_of(api).pool
     slow = SlowHost.remote()  # type: ignore[attr-defined]
     second = pool.names[1]
     real = pool._handles[second]
+
+    async def keep_the_stand_in() -> None:
+        """The 1 s membership refresh would put the real handle back mid-scrape."""
+
+    monkeypatch.setattr(pool, "refresh", keep_the_stand_in)
     pool._handles[second] = slow
     try:
         found = await scrape(api)  # would hang (until the test's timeout) without one
     finally:
         pool._handles[second] = real
+        monkeypatch.undo()
         ray.kill(slow)
     names = pool.names
     assert found[("sagaray_host_up", frozenset({("host", names[0])}))] == 1
