@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 10.0
 RETRY_SECONDS = 0.5
+# How long past its own long-poll timeout a feed call may take before it counts as failed.
+FEED_MARGIN_SECONDS = 5.0
 # Fetches a host's feed: (host name, incarnation, cursor, timeout) -> answer.
 FeedCall = Callable[[str, str | None, int | None, float], Awaitable[dict[str, Any]]]
 
@@ -30,23 +32,28 @@ FeedCall = Callable[[str, str | None, int | None, float], Awaitable[dict[str, An
 class CompletionWatch:
     def __init__(self, fetch: FeedCall) -> None:
         self._fetch = fetch
-        self._waiters: dict[str, dict[str, asyncio.Future[None]]] = {}  # host -> id -> fut
+        # host -> id -> one future per waiting request: a waiter that gives up
+        # cancels its own future, never another request's.
+        self._waiters: dict[str, dict[str, set[asyncio.Future[None]]]] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._primed: dict[str, asyncio.Event] = {}
 
     def waiter(self, host: str, execution_id: str) -> asyncio.Future[None]:
-        """A future set when ``execution_id`` may have finished; one per id and host."""
-        waiting = self._waiters.setdefault(host, {})
-        future = waiting.get(execution_id)
-        if future is None or future.done():
-            future = asyncio.get_running_loop().create_future()
-            waiting[execution_id] = future
+        """A new future, set when ``execution_id`` may have finished; the caller's own."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(host, {}).setdefault(execution_id, set()).add(future)
         self._ensure_loop(host)
         return future
 
-    def discard(self, host: str, execution_id: str) -> None:
-        future = self._waiters.get(host, {}).pop(execution_id, None)
-        if future is not None and not future.done():
+    def discard(self, host: str, execution_id: str, future: asyncio.Future[None]) -> None:
+        """Forget one waiter's future (after it was woken or gave up)."""
+        waiting = self._waiters.get(host, {})
+        futures = waiting.get(execution_id)
+        if futures is not None:
+            futures.discard(future)
+            if not futures:
+                del waiting[execution_id]
+        if not future.done():
             future.cancel()
 
     def is_primed(self, host: str) -> bool:
@@ -74,7 +81,10 @@ class CompletionWatch:
         cursor: int | None = None
         while True:
             try:
-                answer = await self._fetch(host, incarnation, cursor, POLL_SECONDS)
+                # Bounded here too: a host that hangs must not hold its waiters.
+                answer = await asyncio.wait_for(
+                    self._fetch(host, incarnation, cursor, POLL_SECONDS),
+                    POLL_SECONDS + FEED_MARGIN_SECONDS)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -102,12 +112,14 @@ class CompletionWatch:
         if not waiting:
             return
         for execution_id in ids:
-            future = waiting.pop(execution_id, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            _set_all(waiting.pop(execution_id, ()))
 
     def _wake_all(self, host: str) -> None:
-        waiting = self._waiters.pop(host, {})
-        for future in waiting.values():
-            if not future.done():
-                future.set_result(None)
+        for futures in self._waiters.pop(host, {}).values():
+            _set_all(futures)
+
+
+def _set_all(futures: Iterable[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

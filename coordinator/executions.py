@@ -13,6 +13,7 @@ Contract of :class:`ExecutionService`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -280,21 +281,22 @@ class ExecutionService:
         host = self.pool.host_name(execution_id, state.host)
         if not self._completions.is_primed(host):
             # It may finish before the feed holds a cursor: read the journal after.
-            await self._completions.primed(host)
+            # A host that does not answer costs the waiter no more than its deadline.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._completions.primed(host),
+                                       max(0.0, deadline - self._clock()))
             definition, state = await self.state(execution_id)
-        try:
-            while not state.terminal and (left := deadline - self._clock()) > 0:
-                woken = self._completions.waiter(host, execution_id)
-                try:
-                    await asyncio.wait_for(woken, min(left, recheck))
-                except TimeoutError:
-                    recheck = min(recheck * 2, RECHECK_SECONDS[1])
-                definition, state = await self.state(execution_id)
-                if not state.terminal:
-                    self._completions.discard(host, execution_id)
-                    host = self.pool.host_name(execution_id, state.host)
-        finally:
-            self._completions.discard(host, execution_id)
+        while not state.terminal and (left := deadline - self._clock()) > 0:
+            woken = self._completions.waiter(host, execution_id)
+            try:
+                await asyncio.wait_for(woken, min(left, recheck))
+            except TimeoutError:
+                recheck = min(recheck * 2, RECHECK_SECONDS[1])
+            finally:
+                self._completions.discard(host, execution_id, woken)
+            definition, state = await self.state(execution_id)
+            if not state.terminal:
+                host = self.pool.host_name(execution_id, state.host)
         return definition, state
 
     async def _wait_on_host(self, definition: SagaDefinition, state: ExecutionState,

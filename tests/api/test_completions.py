@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from coordinator.completions import CompletionWatch
 from coordinator.finish_feed import FinishFeed
 from coordinator.handover import HandOverQueue, Item
@@ -45,6 +47,42 @@ async def test_watch_wakes_the_waiter_of_a_finished_execution_only() -> None:
         await asyncio.wait_for(done, 1.0)
         await asyncio.sleep(0.01)
         assert not pending.done()
+    finally:
+        await watch.close()
+
+
+async def test_two_waiters_of_one_execution_do_not_cancel_each_other() -> None:
+    """A request that gives up (timeout, client gone) leaves the other waiting."""
+    feed = FinishFeed()
+    watch = CompletionWatch(lambda host, inc, cursor, timeout: feed.since(inc, cursor, timeout))
+    try:
+        await watch.primed("h")
+        impatient, patient = watch.waiter("h", "x"), watch.waiter("h", "x")
+        try:
+            await asyncio.wait_for(impatient, 0.01)
+        except TimeoutError:
+            watch.discard("h", "x", impatient)
+        assert impatient.cancelled() and not patient.done()
+        feed.record("x")
+        await asyncio.wait_for(patient, 1.0)
+        assert patient.result() is None
+    finally:
+        await watch.close()
+
+
+async def test_a_host_whose_feed_hangs_wakes_its_waiters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("coordinator.completions.POLL_SECONDS", 0.05)
+    monkeypatch.setattr("coordinator.completions.FEED_MARGIN_SECONDS", 0.05)
+
+    async def hangs(host: str, inc: str | None, cursor: int | None,
+                    timeout: float) -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    watch = CompletionWatch(hangs)
+    try:
+        await asyncio.wait_for(watch.primed("h"), 2.0)
+        await asyncio.wait_for(watch.waiter("h", "x"), 2.0)
     finally:
         await watch.close()
 
