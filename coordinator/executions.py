@@ -175,7 +175,7 @@ class ExecutionService:
             return await self.get(result.row.execution_id), False
         self.started[saga] = self.started.get(saga, 0) + 1
         state = replay(definition, [started])
-        self._dispatch(definition, execution_id, [started], 1 if owner else None)
+        self._dispatch(definition, execution_id, [started], 1 if owner else None, owner)
         if wait is not None:
             return await self._waited_start(definition, state, wait), True
         return accepted_view(state), True
@@ -195,11 +195,13 @@ class ExecutionService:
         return {**accepted_view(state), "status": current["status"]}
 
     def _dispatch(self, definition: SagaDefinition, execution_id: str,
-                  events: list[ev.Event] | None, fence: int | None = None) -> None:
+                  events: list[ev.Event] | None, fence: int | None = None,
+                  leased_to: str | None = None) -> None:
         """Hand over without holding the reply: the journal already has the execution."""
         async def hand_over() -> None:
             try:
-                await self.pool.dispatch(definition.placement, execution_id, events, fence)
+                await self.pool.dispatch(definition.placement, execution_id, events, fence,
+                                         leased_to=leased_to)
             except Exception:
                 log.exception("could not hand %s to a host; it stays in the journal",
                               execution_id)

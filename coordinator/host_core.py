@@ -88,6 +88,7 @@ class HostCore:
         self._releases: set[asyncio.Task[None]] = set()
         self.released = 0
         self.refused = 0
+        self._refusing = 0  # starts giving their lease back: the host may not stop yet
         self._opened = False
         self._opening = asyncio.Lock()
         self.started = 0
@@ -138,8 +139,21 @@ class HostCore:
     async def start_many(
         self, batch: Sequence[tuple[str, Sequence[ev.Event] | None, int | None]]
     ) -> list[Answer]:
-        """:meth:`start` for each item, concurrently; the answers in the same order."""
-        return list(await asyncio.gather(*(self.start(*item) for item in batch)))
+        """:meth:`start` for each item, concurrently; the answers in the same order.
+
+        One start that fails (the journal unreachable) answers ``error`` for itself
+        only; its lease expires and the supervisor hands it over.
+        """
+        results = await asyncio.gather(*(self.start(*item) for item in batch),
+                                       return_exceptions=True)
+        answers = []
+        for (execution_id, _, _), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("start of %s failed: %r", execution_id, result)
+                answers.append(self.placement("error"))
+            else:
+                answers.append(result)
+        return answers
 
     async def _claim_and_launch(
         self, execution_id: str, events: Sequence[ev.Event] | None, fence: int | None = None
@@ -175,14 +189,20 @@ class HostCore:
             runner, status = await self._claim_and_launch(execution_id, None)
             if runner is None:
                 return "refused" if status == "terminal" else status
-        return "accepted" if await runner.cancel(reason) else "refused"
+        if await runner.cancel(reason):
+            return "accepted"
+        # A draining runner refuses what arrives after its last round: not a verdict
+        # on the execution, which goes on elsewhere (the API retries there).
+        return "owned_elsewhere" if self.draining else "refused"
 
     async def resume(self, execution_id: str) -> str:
         """Resume a ``failed`` execution: ``accepted``, ``refused``, ``owned_elsewhere``
         or ``not_found``. The resume is journaled before the answer, so a read right
         after sees the execution running again."""
         if execution_id in self._runners:
-            return "accepted" if await self._runners[execution_id].resume() else "refused"
+            if await self._runners[execution_id].resume():
+                return "accepted"
+            return "owned_elsewhere" if self.draining else "refused"
         if self.draining:
             return "owned_elsewhere"
         state, definition = await self._load(execution_id, None)
@@ -257,14 +277,18 @@ class HostCore:
         return self._left()
 
     def _left(self) -> int:
-        return len(self._runners) + len(self._starting) + len(self._releases)
+        return len(self._runners) + len(self._starting) + len(self._releases) + self._refusing
 
     async def _refuse(self, execution_id: str, fence: int | None) -> Answer:
         """A start reaching a draining host: give back the lease it was created with."""
         self.refused += 1
         if fence is not None:
-            await self._open()
-            await self._journal.release(execution_id, self.host_id, fence)
+            self._refusing += 1
+            try:
+                await self._open()
+                await self._journal.release(execution_id, self.host_id, fence)
+            finally:
+                self._refusing -= 1
         return self.placement("draining")
 
     async def metrics_snapshot(self) -> dict[str, Any]:

@@ -35,6 +35,8 @@ from coordinator.hosts import SagaHost
 from coordinator.scaling import ScalePolicy
 
 log = logging.getLogger(__name__)
+# How long growing with ``wait`` waits for new hosts to answer before leaving them pending.
+HOST_START_SECONDS = 60.0
 # One drain call waits this long, then the executions released so far are handed over.
 DRAIN_STEP_SECONDS = 0.5
 HandOver = Callable[[], Awaitable[int]]
@@ -128,7 +130,12 @@ class HostSet:
         if wait:
             waiting = [self.handles[self.name(i)] for i in range(self.size, target)
                        if self.name(i) in self.handles]
-            await asyncio.gather(*(handle.stats.remote() for handle in waiting))
+            # Bounded: a host with no room (an autoscaler still adding nodes) stays
+            # pending and joins at a later promote(), instead of holding up membership.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(
+                    *(handle.stats.remote() for handle in waiting), return_exceptions=True),
+                    HOST_START_SECONDS)
         await self.promote()
 
     def _create(self, name: str) -> Any:

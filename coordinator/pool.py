@@ -142,11 +142,11 @@ class HostPool:
 
     async def dispatch(
         self, placement: PlacementKind, execution_id: str, events: list[ev.Event] | None = None,
-        fence: int | None = None,
+        fence: int | None = None, leased_to: str | None = None,
     ) -> dict[str, str | None]:
         """Start (or resume) an execution on its host; returns where it runs.
 
-        ``fence`` is the token of a lease the journal already gave that host.
+        ``fence`` is the token of the lease the journal already gave host ``leased_to``.
         """
         if placement == "dedicated":
             actor = DedicatedHost.options(  # type: ignore[attr-defined]
@@ -155,7 +155,7 @@ class HostPool:
             ).remote(self._dedicated_name(execution_id), self.config)
             return dict(await actor.start.remote(execution_id, events))
         for _ in range(REDISPATCHES):
-            name = self.host_name(execution_id)
+            name = self._route(execution_id, fence, leased_to)
             try:
                 answer = await self._queue(name).put(execution_id, events, fence)
             except (RayActorError, KeyError):
@@ -169,6 +169,14 @@ class HostPool:
             await self.refresh()
         # Released and unowned: the supervisor's next sweep hands it over.
         return answer
+
+    def _route(self, execution_id: str, fence: int | None, leased_to: str | None) -> str:
+        """The host for a hand-over: the one holding its lease while that one is in
+        the pool (the membership may have changed since the lease was written; a
+        draining holder gives the lease back), else the hash's host, which claims it."""
+        if fence is not None and leased_to is not None and leased_to in self._handles:
+            return leased_to
+        return self.host_name(execution_id)
 
     def _queue(self, name: str) -> HandOverQueue:
         queue = self._queues.get(name)

@@ -114,8 +114,18 @@ class Supervisor:
         self._scale_interval = scale_interval
         self._sizes: list[tuple[float, int]] = []  # (time, size) at each change
         loop = asyncio.get_running_loop()
-        self._ready = loop.create_task(self._hosts.rebuild(self._hand_over))
+        self._ready = loop.create_task(self._rebuild())
         self._tasks = [loop.create_task(self._run()), loop.create_task(self._scale())]
+
+    async def _rebuild(self) -> None:
+        """Rebuild the membership, retrying: until it is done, membership() waits."""
+        while True:
+            try:
+                await self._hosts.rebuild(self._hand_over)
+                return
+            except Exception:
+                log.exception("rebuilding the host pool failed; retrying")
+                await asyncio.sleep(self._scale_interval)
 
     async def _run(self) -> None:
         while True:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -176,9 +177,15 @@ def circuit_states(traffics: Iterable[dict[str, Any] | None]) -> dict[tuple[str,
             value = CIRCUIT_STATES.get(str(instance.get("state")))
             if value is None:
                 continue
-            key = (str(instance.get("service")), str(instance.get("url")))
+            key = (str(instance.get("service")), instance_label(str(instance.get("url"))))
             states[key] = max(states.get(key, 0), value)
     return states
+
+
+def instance_label(url: str) -> str:
+    """``scheme://host:port`` of an instance URL: a path may carry a secret, so it stays out."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
 
 
 def circuit_family(traffics: Iterable[dict[str, Any] | None]) -> GaugeMetricFamily:

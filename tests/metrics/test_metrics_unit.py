@@ -51,6 +51,12 @@ def test_circuit_states_map_closed_half_open_open_and_the_worst_host_wins() -> N
                       ("hotels", "http://c:9102"): 2}
 
 
+def test_an_instance_label_leaves_the_url_path_out() -> None:
+    traffic = {"instances": [
+        {"service": "flights", "url": "http://a:9101/tenant-s3cret/api", "state": "open"}]}
+    assert circuit_states([traffic]) == {("flights", "http://a:9101"): 2}
+
+
 def test_histogram_buckets_are_cumulative_with_le_inclusive() -> None:
     histogram = Histogram((0.1, 1.0))
     for value in (0.05, 0.1, 0.5, 7.0):
