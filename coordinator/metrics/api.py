@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -31,6 +30,7 @@ from prometheus_client.registry import Collector
 from coordinator.executions import ExecutionService
 from coordinator.metrics.histogram import cumulative
 from coordinator.pool import HostPool
+from coordinator.traffic.origin import origin
 
 # The classic text format every Prometheus parses; the names here need no UTF-8 escaping.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -177,15 +177,9 @@ def circuit_states(traffics: Iterable[dict[str, Any] | None]) -> dict[tuple[str,
             value = CIRCUIT_STATES.get(str(instance.get("state")))
             if value is None:
                 continue
-            key = (str(instance.get("service")), instance_label(str(instance.get("url"))))
+            key = (str(instance.get("service")), origin(str(instance.get("url"))))
             states[key] = max(states.get(key, 0), value)
     return states
-
-
-def instance_label(url: str) -> str:
-    """``scheme://host:port`` of an instance URL: a path may carry a secret, so it stays out."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
 
 
 def circuit_family(traffics: Iterable[dict[str, Any] | None]) -> GaugeMetricFamily:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 
 from coordinator.traffic.balancer import Instance
+from coordinator.traffic.origin import origin
 
 log = logging.getLogger(__name__)
 SessionSource = Callable[[], Awaitable[aiohttp.ClientSession]]
@@ -38,7 +39,7 @@ async def check_all(session: aiohttp.ClientSession, service: str, instances: Seq
                                       for i in instances))
     for instance, passed in zip(instances, verdicts, strict=True):
         if passed != instance.circuit.healthy:
-            log.warning("service %s instance %s: health check %s", service, instance.url,
+            log.warning("service %s instance %s: health check %s", service, origin(instance.url),
                         "passes again" if passed else "failed; out of rotation")
         instance.circuit.health_checked(passed)
 
