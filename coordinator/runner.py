@@ -203,10 +203,14 @@ class ExecutionRunner:
 
     async def _wait(self) -> None:
         message = await self._inbox.get()
-        batch = [message]
+        await self._handle([message, *self._queued()])
+
+    def _queued(self) -> list[object]:
+        """Everything already in the inbox, without waiting."""
+        batch = []
         while not self._inbox.empty():
             batch.append(self._inbox.get_nowait())
-        await self._handle(batch)
+        return batch
 
     async def _handle(self, batch: list[object]) -> None:
         if _ABANDON in batch:
@@ -222,10 +226,7 @@ class ExecutionRunner:
         """Journal what the attempts in flight answer within ``grace``, then stop."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
-        batch = []
-        while not self._inbox.empty():
-            batch.append(self._inbox.get_nowait())
-        await self._handle(batch)
+        await self._handle(self._queued())
         await self._flush()
         self.drained = not self.state.terminal
         raise _Stop()
