@@ -81,13 +81,32 @@ async def stack(
     base = tmp_path_factory.mktemp("stack")
     services_file = base / "services.yaml"
     await asyncio.to_thread(write_services_file, demo_services, services_file)
+    patient = await asyncio.to_thread(write_patient_copy, base / "patient")
     options = ServeOptions(
         sagas_dir=ROOT / "sagas", services_file=services_file,
         journal_url=f"sqlite:///{base / 'journal.db'}", hosts=2, namespace="sagaray-tests",
-        extra_sagas=(ROOT / "tests" / "sagas",),
+        extra_sagas=(ROOT / "tests" / "sagas", patient),
     )
     async with serving(options, demo_services, base / "journal.db") as served:
         yield served
+
+
+def write_patient_copy(target: Path) -> Path:
+    """``faulty_order_patient``: ``faulty_order`` with a 10 s attempt timeout.
+
+    ``faulty_order``'s 400 ms timeout keeps its failure-path tests fast, but under a
+    load test on two busy cores a healthy call can take longer; its timed-out
+    ``create_shipment`` (not retried: outcome unknown) then compensates a saga the
+    test expects to complete.
+    """
+    import yaml
+
+    definition = yaml.safe_load((ROOT / "tests" / "sagas" / "faulty_order.yaml").read_text())
+    definition["name"] = "faulty_order_patient"
+    definition["defaults"]["timeout"] = "10s"
+    target.mkdir()
+    (target / "faulty_order_patient.yaml").write_text(yaml.safe_dump(definition))
+    return target
 
 
 @contextlib.asynccontextmanager

@@ -205,7 +205,8 @@ async def test_200_concurrent_sagas_keep_every_ledger_consistent(api: Api) -> No
         faults = {failing: "business"} if failing else {"charge_payment": "error-once"} \
             if index % 7 == 0 else {}
         values.append(order(faults=faults))
-    started = await asyncio.gather(*(api.start("faulty_order", v) for v in values))
+    # The patient copy: a 400 ms attempt timeout is a coin toss at 200 in flight on 2 cores.
+    started = await asyncio.gather(*(api.start("faulty_order_patient", v) for v in values))
     assert all(status == 202 for status, _ in started)
     views = await asyncio.gather(*(api.wait(body["execution_id"], 60) for _, body in started))
     by_status: dict[str, int] = {}
@@ -213,7 +214,7 @@ async def test_200_concurrent_sagas_keep_every_ledger_consistent(api: Api) -> No
         by_status[view["status"]] = by_status.get(view["status"], 0) + 1
         expected = "compensated" if value["faults"] and "business" in \
             value["faults"].values() else "completed"
-        assert view["status"] == expected, view
+        assert view["status"] == expected, (value, view)
     ledgers = {s: await api.ledger(s) for s in ("inventory", "payments", "shipping", "orders")}
     for view in views:
         prefix = view["execution_id"] + ":"
