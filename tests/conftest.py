@@ -99,13 +99,9 @@ def write_patient_copy(target: Path) -> Path:
     ``create_shipment`` (not retried: outcome unknown) then compensates a saga the
     test expects to complete.
     """
-    import yaml
+    from tests.order_variants import write_order_variant
 
-    definition = yaml.safe_load((ROOT / "tests" / "sagas" / "faulty_order.yaml").read_text())
-    definition["name"] = "faulty_order_patient"
-    definition["defaults"]["timeout"] = "10s"
-    target.mkdir()
-    (target / "faulty_order_patient.yaml").write_text(yaml.safe_dump(definition))
+    write_order_variant(target, "faulty_order_patient", timeout="10s")
     return target
 
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from coordinator.cli import build_parser
 from services.runner import write_services_file
 from tests.cluster import RayCluster
 from tests.conftest import ROOT, free_port
+from tests.order_variants import write_order_variant
 from tests.ray_jobs import TERMINAL as JOB_TERMINAL
 from tests.ray_jobs import RayJobs
 
@@ -45,11 +45,7 @@ def write_sagas(directory: Path) -> Path:
     faulty_order's 400 ms suits one quiet process; here a loaded 2-core machine runs two Ray
     nodes, and a slow first call must not turn the saga meant to complete into a rollback.
     """
-    definition = yaml.safe_load((ROOT / "tests" / "sagas" / "faulty_order.yaml").read_text())
-    definition["name"] = SAGA
-    definition["defaults"]["timeout"] = "5s"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{SAGA}.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    write_order_variant(directory, SAGA, timeout="5s")
     return directory
 
 

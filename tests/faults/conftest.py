@@ -32,7 +32,6 @@ from typing import Any, Protocol
 import aiohttp
 import pytest
 import ray
-import yaml
 from aiohttp import web
 from ray.exceptions import ActorUnavailableError, RayActorError
 
@@ -41,7 +40,8 @@ from coordinator.journal.base import Journal, JournalUnavailable, StoredEvent
 from coordinator.pool import HostPool
 from coordinator.server import ServeOptions, Stack, build_stack
 from services.runner import write_services_file
-from tests.conftest import ROOT, DemoStack, free_port
+from tests.conftest import DemoStack, free_port
+from tests.order_variants import write_order_variant
 from tests.runtime.conftest import Api
 
 SAGA = "crash_order"
@@ -63,21 +63,8 @@ INTERRUPTED = "attempt interrupted: the host running it stopped"
 
 def write_crash_order(directory: Path) -> Path:
     """Write ``crash_order.yaml`` (see the module docstring) into ``directory``."""
-    definition = yaml.safe_load((ROOT / "tests" / "sagas" / "faulty_order.yaml").read_text())
-    definition["name"] = SAGA
-    definition["description"] = "faulty_order with budgets that survive host crashes"
-    definition["defaults"] = {
-        "timeout": "3s",
-        "retry": {"max_attempts": 10, "initial_backoff": "10ms", "max_backoff": "100ms"},
-        "compensation_retry": {"max_attempts": 10, "initial_backoff": "10ms",
-                               "max_backoff": "100ms"},
-    }
-    for step in definition["steps"]:
-        step.pop("retry", None)  # notify had 4 attempts
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{SAGA}.yaml"
-    path.write_text(yaml.safe_dump(definition, sort_keys=False))
-    return path
+    return write_order_variant(directory, SAGA, timeout="3s", attempts=10, max_backoff="100ms",
+                               description="faulty_order with budgets that survive host crashes")
 
 
 # -- stacks -------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import yaml
 
 from services.runner import start_services, write_services_file
 from tests.cluster import ClusterNode, RayCluster
@@ -38,6 +37,7 @@ from tests.faults.serve_process import (
     check_ledgers,
     launch_on_cluster,
 )
+from tests.order_variants import write_order_variant
 from tests.pg import PgServer, drop_schema, fresh_schema, missing_reason
 
 pytestmark = [pytest.mark.ray]
@@ -99,17 +99,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     2-core machine does not turn into timeouts (whose outcome is unknown) what a test
     expects to succeed."""
     base = tmp_path_factory.mktemp("cluster-faults")
-    definition = yaml.safe_load((ROOT / "tests" / "sagas" / "faulty_order.yaml").read_text())
-    definition["name"] = SAGA
     # An attempt in flight when its host dies is journaled as interrupted and uses up one
     # attempt: a budget of 10, so that a takeover cannot exhaust a step that should succeed.
-    definition["defaults"]["timeout"] = "5s"
-    definition["defaults"]["retry"]["max_attempts"] = 10
-    definition["defaults"]["compensation_retry"]["max_attempts"] = 10
-    for step in definition["steps"]:
-        step.pop("retry", None)
-    (base / "sagas").mkdir()
-    (base / "sagas" / f"{SAGA}.yaml").write_text(yaml.safe_dump(definition, sort_keys=False))
+    write_order_variant(base / "sagas", SAGA, timeout="5s", attempts=10)
     return base
 
 
