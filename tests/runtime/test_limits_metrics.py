@@ -208,15 +208,20 @@ async def test_a_slow_host_does_not_hold_up_the_scrape(
 
     monkeypatch.setattr(pool, "refresh", keep_the_stand_in)
     pool._handles[second] = slow
+    names = pool.names
     try:
-        found = await scrape(api)  # would hang (until the test's timeout) without one
+        for _ in range(5):
+            found = await scrape(api)  # would hang (until the test's timeout) without one
+            assert found[("sagaray_host_up", frozenset({("host", names[1])}))] == 0
+            # The answering host may itself miss the 2 s budget on a loaded machine
+            # (a previous test's work, a host just restarted): scrape again.
+            if found[("sagaray_host_up", frozenset({("host", names[0])}))] == 1:
+                break
     finally:
         pool._handles[second] = real
         monkeypatch.undo()
         ray.kill(slow)
-    names = pool.names
     assert found[("sagaray_host_up", frozenset({("host", names[0])}))] == 1
-    assert found[("sagaray_host_up", frozenset({("host", names[1])}))] == 0
     # The answering host is in the exposition; the silent one is left out.
     assert ("sagaray_host_executions_running", frozenset({("host", names[0])})) in found
     assert ("sagaray_host_executions_running", frozenset({("host", names[1])})) not in found
