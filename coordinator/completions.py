@@ -4,11 +4,14 @@ Contract of :class:`CompletionWatch`:
 - Owns, in one API process, the table of waiting execution ids and one
   long-poll loop per SagaHost (:meth:`FinishFeed.since`), started on first use
   and kept running, so a finishing saga costs its waiter no Ray call.
-- A wake-up is only a hint to read the journal again: a waiter is woken when
+- A wake-up is a hint to read the journal again: a waiter is woken when
   its execution stopped on the host watched (terminal, or moved to another
   host), and every waiter of a host is woken when that host's feed lost entries
-  (restart, overflow) or cannot be reached. Waiters also re-read the journal
-  on their own every few seconds, which covers executions that run elsewhere.
+  (restart, overflow) or cannot be reached. A waiter's future holds the
+  execution's ``(last_seq, terminal view)`` when the host's feed carried one (no
+  read needed; the waiter checks it is not older than what it waits on), else
+  None. Waiters also re-read the journal on their own every few seconds, which
+  covers executions that run elsewhere.
 - :meth:`primed` returns once the host's loop holds a cursor: anything that
   finishes after that is seen, so a waiter checks the journal after priming.
 """
@@ -27,6 +30,7 @@ RETRY_SECONDS = 0.5
 FEED_MARGIN_SECONDS = 5.0
 # Fetches a host's feed: (host name, incarnation, cursor, timeout) -> answer.
 FeedCall = Callable[[str, str | None, int | None, float], Awaitable[dict[str, Any]]]
+View = tuple[int, dict[str, Any]]  # (journal sequence, terminal view), as the feed sends it
 
 
 class CompletionWatch:
@@ -34,18 +38,22 @@ class CompletionWatch:
         self._fetch = fetch
         # host -> id -> one future per waiting request: a waiter that gives up
         # cancels its own future, never another request's.
-        self._waiters: dict[str, dict[str, set[asyncio.Future[None]]]] = {}
+        self._waiters: dict[str, dict[str, set[asyncio.Future[View | None]]]] = {}
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._primed: dict[str, asyncio.Event] = {}
+        self._closed = False
 
-    def waiter(self, host: str, execution_id: str) -> asyncio.Future[None]:
-        """A new future, set when ``execution_id`` may have finished; the caller's own."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def waiter(self, host: str, execution_id: str) -> asyncio.Future[View | None]:
+        """A new future, set when ``execution_id`` may have finished; the caller's own.
+
+        Its result is ``(last_seq, view)`` the host sent along, or None (read the journal).
+        """
+        future: asyncio.Future[View | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(host, {}).setdefault(execution_id, set()).add(future)
         self._ensure_loop(host)
         return future
 
-    def discard(self, host: str, execution_id: str, future: asyncio.Future[None]) -> None:
+    def discard(self, host: str, execution_id: str, future: asyncio.Future[View | None]) -> None:
         """Forget one waiter's future (after it was woken or gave up)."""
         waiting = self._waiters.get(host, {})
         futures = waiting.get(execution_id)
@@ -62,15 +70,26 @@ class CompletionWatch:
 
     async def primed(self, host: str) -> None:
         self._ensure_loop(host)
-        await self._primed[host].wait()
+        primed = self._primed.setdefault(host, asyncio.Event())
+        if self._closed:
+            primed.set()  # nothing follows the feed any more: read the journal
+        await primed.wait()
 
     async def close(self) -> None:
-        for task in self._loops.values():
-            task.cancel()
-        await asyncio.gather(*self._loops.values(), return_exceptions=True)
+        self._closed = True
+        tasks = list(self._loops.values())
         self._loops.clear()
+        while tasks:
+            # Python 3.11's wait_for drops a cancel that lands as its inner call
+            # completes: cancel again until every loop has really stopped.
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            tasks = list(pending)
 
     def _ensure_loop(self, host: str) -> None:
+        if self._closed:
+            return
         task = self._loops.get(host)
         if task is None or task.done():
             self._primed.setdefault(host, asyncio.Event())
@@ -79,7 +98,7 @@ class CompletionWatch:
     async def _follow(self, host: str) -> None:
         incarnation: str | None = None
         cursor: int | None = None
-        while True:
+        while not self._closed:
             try:
                 # Bounded here too: a host that hangs must not hold its waiters.
                 answer = await asyncio.wait_for(
@@ -97,7 +116,8 @@ class CompletionWatch:
                 if nobody:
                     # Say the host left the pool: stop polling it; the next waiter
                     # restarts the loop and primes it again.
-                    del self._loops[host], self._primed[host]
+                    self._loops.pop(host, None)
+                    self._primed.pop(host, None)
                     return
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
@@ -105,21 +125,21 @@ class CompletionWatch:
                 self._wake_all(host)
             incarnation, cursor = answer["incarnation"], answer["cursor"]
             self._primed[host].set()
-            self._wake(host, answer["ids"])
+            self._wake(host, answer["ids"], answer.get("views") or {})
 
-    def _wake(self, host: str, ids: list[str]) -> None:
+    def _wake(self, host: str, ids: list[str], views: dict[str, View]) -> None:
         waiting = self._waiters.get(host)
         if not waiting:
             return
         for execution_id in ids:
-            _set_all(waiting.pop(execution_id, ()))
+            _set_all(waiting.pop(execution_id, ()), views.get(execution_id))
 
     def _wake_all(self, host: str) -> None:
         for futures in self._waiters.pop(host, {}).values():
-            _set_all(futures)
+            _set_all(futures, None)
 
 
-def _set_all(futures: Iterable[asyncio.Future[None]]) -> None:
+def _set_all(futures: Iterable[asyncio.Future[View | None]], view: View | None) -> None:
     for future in futures:
         if not future.done():
-            future.set_result(None)
+            future.set_result(view)

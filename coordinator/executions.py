@@ -38,7 +38,7 @@ from coordinator.journal.base import (
     NewExecution,
 )
 from coordinator.pool import HostPool
-from coordinator.views import accepted_view, execution_view, summary_view
+from coordinator.views import accepted_view, execution_view, summary_view, with_links
 
 log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60.0
@@ -175,7 +175,8 @@ class ExecutionService:
             return await self.get(result.row.execution_id), False
         self.started[saga] = self.started.get(saga, 0) + 1
         state = replay(definition, [started])
-        self._dispatch(definition, execution_id, [started], 1 if owner else None, owner)
+        self._dispatch(definition, execution_id, [started], 1 if owner else None, owner,
+                       report=wait is not None)
         if wait is not None:
             return await self._waited_start(definition, state, wait), True
         return accepted_view(state), True
@@ -196,12 +197,15 @@ class ExecutionService:
 
     def _dispatch(self, definition: SagaDefinition, execution_id: str,
                   events: list[ev.Event] | None, fence: int | None = None,
-                  leased_to: str | None = None) -> None:
-        """Hand over without holding the reply: the journal already has the execution."""
+                  leased_to: str | None = None, report: bool = False) -> None:
+        """Hand over without holding the reply: the journal already has the execution.
+
+        ``report``: this process waits for the end, so the host sends the final view.
+        """
         async def hand_over() -> None:
             try:
                 await self.pool.dispatch(definition.placement, execution_id, events, fence,
-                                         leased_to=leased_to)
+                                         leased_to=leased_to, report=report)
             except Exception:
                 log.exception("could not hand %s to a host; it stays in the journal",
                               execution_id)
@@ -268,16 +272,19 @@ class ExecutionService:
         seconds = min(max(seconds, 0.0), MAX_WAIT_SECONDS)
         deadline = self._clock() + seconds
         definition, state = known or await self.state(execution_id)
+        if not state.terminal and definition.placement != "dedicated":
+            return await self._watch(definition, state, deadline)
         if not state.terminal:
-            if definition.placement == "dedicated":
-                definition, state = await self._wait_on_host(definition, state, deadline)
-            else:
-                definition, state = await self._watch(definition, state, deadline)
+            definition, state = await self._wait_on_host(definition, state, deadline)
         return execution_view(definition, state, self._jaeger_url)
 
     async def _watch(self, definition: SagaDefinition, state: ExecutionState,
-                     deadline: float) -> tuple[SagaDefinition, ExecutionState]:
-        """Wait on the finish feed of the host that runs the execution; no Ray call."""
+                     deadline: float) -> dict[str, Any]:
+        """Wait on the finish feed of the host that runs the execution; no Ray call.
+
+        The view is the one the feed carried when it did (the host's own terminal
+        state, durable by then, and newer than ``state``), else built from the journal.
+        """
         execution_id = state.execution_id
         recheck = RECHECK_SECONDS[0]
         host = self.pool.host_name(execution_id, state.host)
@@ -290,16 +297,19 @@ class ExecutionService:
             definition, state = await self.state(execution_id)
         while not state.terminal and (left := deadline - self._clock()) > 0:
             woken = self._completions.waiter(host, execution_id)
+            final = None
             try:
-                await asyncio.wait_for(woken, min(left, recheck))
+                final = await asyncio.wait_for(woken, min(left, recheck))
             except TimeoutError:
                 recheck = min(recheck * 2, RECHECK_SECONDS[1])
             finally:
                 self._completions.discard(host, execution_id, woken)
+            if final is not None and final[0] > state.last_seq:  # not an earlier run's end
+                return with_links(final[1], self._jaeger_url)
             definition, state = await self.state(execution_id)
             if not state.terminal:
                 host = self.pool.host_name(execution_id, state.host)
-        return definition, state
+        return execution_view(definition, state, self._jaeger_url)
 
     async def _wait_on_host(self, definition: SagaDefinition, state: ExecutionState,
                             deadline: float) -> tuple[SagaDefinition, ExecutionState]:

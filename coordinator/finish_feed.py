@@ -11,6 +11,13 @@ Contract of :class:`FinishFeed`:
 - An answer with ``complete: False`` means entries were lost to the caller
   (the log wrapped, or the host restarted and its ``incarnation`` changed): the
   caller must re-check its waiters in the journal.
+- An entry may carry the execution's terminal view and the journal sequence it
+  reflects (``views`` in the answer: id -> ``(last_seq, view)``), for starts whose
+  caller waits (``?wait``): that caller answers without reading and replaying the
+  journal. A caller must ignore a view older than the state it waits on (an
+  execution resumed after it ended runs again). Only the last ``keep_views`` views
+  are held; an entry past them is answered without its view, and the caller reads
+  the journal.
 """
 
 from __future__ import annotations
@@ -23,25 +30,37 @@ from itertools import islice
 from typing import Any
 
 DEFAULT_KEEP = 50_000
+# A view is a few KB: enough for the waiters of several seconds at full load.
+DEFAULT_KEEP_VIEWS = 4_096
+Final = tuple[int, dict[str, Any]]  # (journal sequence of the terminal state, its view)
 
 
 class FinishFeed:
-    def __init__(self, keep: int = DEFAULT_KEEP) -> None:
+    def __init__(self, keep: int = DEFAULT_KEEP, keep_views: int = DEFAULT_KEEP_VIEWS) -> None:
         self.incarnation = uuid.uuid4().hex
         self._ids: deque[str] = deque(maxlen=keep)
+        self._views: dict[str, Final] = {}  # oldest first
+        self._keep_views = keep_views
         self._next = 0  # the cursor of the next entry
         self._arrived = asyncio.Event()
 
-    def record(self, execution_id: str) -> None:
+    def record(self, execution_id: str, final: Final | None = None) -> None:
+        """Note that ``execution_id`` stopped here; ``final`` is ``(last_seq, view)`` of
+        its terminal state, when a waiter asked for it."""
         self._ids.append(execution_id)
         self._next += 1
+        self._views.pop(execution_id, None)  # an earlier run's, now stale
+        if final is not None:
+            self._views[execution_id] = final
+            if len(self._views) > self._keep_views:
+                del self._views[next(iter(self._views))]
         # Wake every poll waiting now; later polls wait on a fresh event.
         self._arrived.set()
         self._arrived = asyncio.Event()
 
     async def since(self, incarnation: str | None, cursor: int | None,
                     timeout: float) -> dict[str, Any]:
-        """``{"incarnation", "cursor", "ids", "complete"}`` past ``cursor``.
+        """``{"incarnation", "cursor", "ids", "complete", "views"}`` past ``cursor``.
 
         Without a cursor (or with another incarnation's), it answers the current
         cursor at once, with ``complete`` False unless the caller had none.
@@ -56,5 +75,6 @@ class FinishFeed:
         return self._answer(ids, complete=cursor >= first)
 
     def _answer(self, ids: list[str], *, complete: bool) -> dict[str, Any]:
+        views = {i: self._views[i] for i in ids if i in self._views} if self._views else {}
         return {"incarnation": self.incarnation, "cursor": self._next, "ids": ids,
-                "complete": complete}
+                "complete": complete, "views": views}

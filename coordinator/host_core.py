@@ -42,6 +42,7 @@ from coordinator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from coordinator.metrics.host import HostMetrics
 from coordinator.runner import ExecutionRunner
 from coordinator.telemetry import host_tracing
+from coordinator.views import execution_view
 
 log = logging.getLogger(__name__)
 Answer = dict[str, str | None]
@@ -83,6 +84,7 @@ class HostCore:
         # Executions whose start is claiming them; set once the start has answered.
         self._starting: dict[str, asyncio.Event] = {}
         self.finishes = FinishFeed()
+        self._report: set[str] = set()  # executions whose terminal view the feed carries
         self.draining = False
         self._drain_seconds = config.drain_seconds
         self._releases: set[asyncio.Task[None]] = set()
@@ -118,26 +120,32 @@ class HostCore:
             await self._journal.close()
 
     async def start(self, execution_id: str, events: Sequence[ev.Event] | None = None,
-                    fence: int | None = None) -> Answer:
+                    fence: int | None = None, report: bool = False) -> Answer:
         """Claim and run an execution here; the answer's ``status`` says what happened.
 
         ``fence`` is the token of a lease the execution was created with for this
         host: adopted instead of claimed. If another host claimed it meanwhile, the
-        journal refuses the first append and the runner stops.
+        journal refuses the first append and the runner stops. With ``report``
+        (its caller waits for the end), the finish feed carries the terminal view.
         """
         if execution_id in self._runners or execution_id in self._starting:
+            if report and execution_id in self._runners:
+                self._report.add(execution_id)
             return self.placement("running")
         if self.draining:
             return await self._refuse(execution_id, fence)
         self._starting[execution_id] = asyncio.Event()
         try:
             _, status = await self._claim_and_launch(execution_id, events, fence)
+            if report and status == "running":
+                # No await since the launch: the runner cannot have ended yet.
+                self._report.add(execution_id)
             return self.placement(status)
         finally:
             self._starting.pop(execution_id).set()
 
     async def start_many(
-        self, batch: Sequence[tuple[str, Sequence[ev.Event] | None, int | None]]
+        self, batch: Sequence[tuple[str, Sequence[ev.Event] | None, int | None, bool]]
     ) -> list[Answer]:
         """:meth:`start` for each item, concurrently; the answers in the same order.
 
@@ -147,7 +155,7 @@ class HostCore:
         results = await asyncio.gather(*(self.start(*item) for item in batch),
                                        return_exceptions=True)
         answers = []
-        for (execution_id, _, _), result in zip(batch, results, strict=True):
+        for (execution_id, *_), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("start of %s failed: %r", execution_id, result)
                 answers.append(self.placement("error"))
@@ -353,9 +361,21 @@ class HostCore:
         except Exception:
             log.exception("could not release %s; its lease will expire", execution_id)
 
+    def _final_view(self, execution_id: str, runner: ExecutionRunner | None,
+                    task: asyncio.Task[ExecutionState]) -> tuple[int, dict[str, Any]] | None:
+        """``(last_seq, terminal view)`` for the feed, when a waiter asked for it and
+        the terminal state is durable."""
+        if execution_id not in self._report:
+            return None
+        self._report.discard(execution_id)
+        if runner is None or task.cancelled() or task.exception() is not None \
+                or not runner.ended_durably:
+            return None
+        return runner.state.last_seq, execution_view(runner.definition, runner.state)
+
     def _forget(self, execution_id: str, task: asyncio.Task[ExecutionState]) -> None:
         runner = self._runners.pop(execution_id, None)
-        self.finishes.record(execution_id)
+        self.finishes.record(execution_id, self._final_view(execution_id, runner, task))
         if runner is not None and runner.drained and not runner.fenced_out:
             # Drained: release now so the supervisor hands it over without waiting.
             release = asyncio.get_running_loop().create_task(self._release(execution_id))

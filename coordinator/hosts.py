@@ -58,7 +58,7 @@ class SagaHost:
         return await self.core.start(execution_id, events)
 
     async def start_many(
-        self, batch: list[tuple[str, list[ev.Event] | None, int | None]]
+        self, batch: list[tuple[str, list[ev.Event] | None, int | None, bool]]
     ) -> list[Answer]:
         return await self.core.start_many(batch)
 

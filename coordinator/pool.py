@@ -142,11 +142,12 @@ class HostPool:
 
     async def dispatch(
         self, placement: PlacementKind, execution_id: str, events: list[ev.Event] | None = None,
-        fence: int | None = None, leased_to: str | None = None,
+        fence: int | None = None, leased_to: str | None = None, report: bool = False,
     ) -> dict[str, str | None]:
         """Start (or resume) an execution on its host; returns where it runs.
 
-        ``fence`` is the token of the lease the journal already gave host ``leased_to``.
+        ``fence`` is the token of the lease the journal already gave host ``leased_to``;
+        ``report``: a caller waits for its end (a shared host's feed carries the view).
         """
         if placement == "dedicated":
             actor = DedicatedHost.options(  # type: ignore[attr-defined]
@@ -157,7 +158,7 @@ class HostPool:
         for _ in range(REDISPATCHES):
             name = self._route(execution_id, fence, leased_to)
             try:
-                answer = await self._queue(name).put(execution_id, events, fence)
+                answer = await self._queue(name).put(execution_id, events, fence, report)
             except (RayActorError, KeyError):
                 # Removed meanwhile (or restarting): it never ran this execution.
                 await self._gone(name, execution_id, fence)

@@ -139,6 +139,11 @@ class ExecutionRunner:
     async def resume(self) -> bool:
         return await self._control("resume", None)
 
+    @property
+    def ended_durably(self) -> bool:
+        """Terminal, with every event of it in the journal and the execution still ours."""
+        return self.state.terminal and not self._pending and not self.fenced_out
+
     def abandon(self) -> None:
         """Stop without writing more: another host owns the execution now."""
         self.fenced_out = True

@@ -48,6 +48,11 @@ def execution_view(
     }
 
 
+def with_links(view: dict[str, Any], jaeger_url: str | None) -> dict[str, Any]:
+    """``view`` (built where the API's Jaeger address is unknown) with this API's links."""
+    return {**view, "links": links(view["execution_id"], view["trace_id"], jaeger_url)}
+
+
 def _step_view(state: ExecutionState, name: str) -> dict[str, Any]:
     step = state.steps[name]
     return {

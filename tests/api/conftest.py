@@ -103,8 +103,8 @@ class PoolStandIn:
 
     async def dispatch(self, placement: str, execution_id: str,
                        events: list[ev.Event] | None = None,
-                       fence: int | None = None,
-                       leased_to: str | None = None) -> dict[str, str | None]:
+                       fence: int | None = None, leased_to: str | None = None,
+                       report: bool = False) -> dict[str, str | None]:
         self.dispatched.append(execution_id)
         if self.complete_on_dispatch:
             done = ev.ExecutionCompleted(at=time.time(), output={"done": True})

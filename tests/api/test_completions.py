@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -35,6 +36,37 @@ async def test_feed_reports_lost_entries_as_incomplete() -> None:
     assert not wrapped["complete"] and wrapped["ids"] == ["b", "c"]
     restarted = await feed.since("an older incarnation", 3, 0.0)
     assert not restarted["complete"] and restarted["cursor"] == 3
+
+
+async def test_feed_carries_the_last_views_recorded() -> None:
+    feed = FinishFeed(keep_views=2)
+    feed.record("a", (3, {"execution_id": "a"}))
+    feed.record("plain")
+    feed.record("b", (5, {"execution_id": "b"}))
+    answer = await feed.since(feed.incarnation, 0, 0.0)
+    assert answer["ids"] == ["a", "plain", "b"]
+    assert answer["views"] == {"a": (3, {"execution_id": "a"}), "b": (5, {"execution_id": "b"})}
+    feed.record("c", (4, {"execution_id": "c"}))  # "a" is the oldest view: dropped
+    answer = await feed.since(feed.incarnation, 0, 0.0)
+    assert set(answer["views"]) == {"b", "c"}
+    feed.record("b")  # b ran again (resumed) and ended without a waiter asking
+    assert "b" not in (await feed.since(feed.incarnation, 0, 0.0))["views"]
+    assert (await feed.since(feed.incarnation, 5, 0.0))["views"] == {}
+
+
+async def test_watch_hands_a_carried_view_to_its_waiter() -> None:
+    feed = FinishFeed()
+    watch = CompletionWatch(lambda host, inc, cursor, timeout: feed.since(inc, cursor, timeout))
+    try:
+        await watch.primed("h")
+        with_view, without = watch.waiter("h", "x"), watch.waiter("h", "y")
+        feed.record("x", (9, {"execution_id": "x", "status": "completed"}))
+        feed.record("y")
+        assert await asyncio.wait_for(with_view, 1.0) == (9, {"execution_id": "x",
+                                                               "status": "completed"})
+        assert await asyncio.wait_for(without, 1.0) is None
+    finally:
+        await watch.close()
 
 
 async def test_watch_wakes_the_waiter_of_a_finished_execution_only() -> None:
@@ -110,9 +142,9 @@ async def test_hand_over_batches_what_queues_while_a_call_is_in_flight() -> None
     release = asyncio.Event()
 
     async def start_many(items: list[Item]) -> list[dict[str, Any]]:
-        batches.append([execution_id for execution_id, _, _ in items])
+        batches.append([execution_id for execution_id, *_ in items])
         await release.wait()
-        return [{"status": "running", "id": execution_id} for execution_id, _, _ in items]
+        return [{"status": "running", "id": execution_id} for execution_id, *_ in items]
 
     queue = HandOverQueue(start_many)
     first = queue.put("a", None)
@@ -142,3 +174,23 @@ async def test_hand_over_failure_fails_its_batch_and_not_the_next() -> None:
     except ConnectionError:
         pass
     assert (await queue.put("b", None))["status"] == "running"
+
+
+async def test_close_stops_a_loop_whose_first_cancel_was_lost() -> None:
+    """Python 3.11's wait_for can drop a cancel (its inner call completing at that
+    moment); here the fetch itself ignores the first one. close() must still return."""
+    called = asyncio.Event()
+
+    async def stubborn(host: str, inc: str | None, cursor: int | None,
+                       timeout: float) -> dict[str, Any]:
+        called.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    watch = CompletionWatch(stubborn)
+    watch.waiter("h", "x")
+    await asyncio.wait_for(called.wait(), 1.0)
+    await asyncio.wait_for(watch.close(), 5.0)
+    await asyncio.wait_for(watch.primed("h"), 1.0)  # closed: answers at once

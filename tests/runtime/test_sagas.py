@@ -225,3 +225,29 @@ async def test_200_concurrent_sagas_keep_every_ledger_consistent(api: Api) -> No
             if view["status"] == "compensated" and service != "orders":
                 assert len(mine) in (0, 2), (service, mine)  # done and undone, or never done
     print(f"\n200 concurrent sagas: {by_status}")
+
+
+async def test_waited_start_answers_from_the_hosts_feed_as_a_read_would(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host sends a waited start's terminal view along its finish feed: the API
+    answers without reading the journal, and the answer is the view a read gives."""
+    service = api.stack.stack.service  # type: ignore[attr-defined]
+    for host in service.pool.names:  # a waiter's first use of a host's feed reads once
+        await asyncio.wait_for(service._completions.primed(host), 10)
+    reads: list[str] = []
+    original = service.state
+
+    async def counted(execution_id: str) -> Any:
+        reads.append(execution_id)
+        return await original(execution_id)
+
+    monkeypatch.setattr(service, "state", counted)
+    inputs = [order(), order(faults={"charge_payment": "business"}),
+              order(faults={"create_shipment": "business"},
+                    undo_faults={"charge_payment": "business"})]
+    answers = [await api.run("faulty_order", value) for value in inputs]
+    assert [a["status"] for a in answers] == ["completed", "compensated", "failed"], answers
+    assert reads == [], "a waited start read the journal instead of using the feed's view"
+    monkeypatch.undo()
+    for answer in answers:
+        assert await api.wait(answer["execution_id"], 0) == answer
