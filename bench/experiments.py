@@ -503,6 +503,52 @@ def _adaptive_window() -> None:
     sqlite_writer.GroupCommitWriter._next_batch = next_batch  # type: ignore[assignment,method-assign]
 
 
+@patch("time-start")
+def _time_start() -> None:
+    """Measures, changes nothing: where a start's time goes inside the API process.
+
+    Wraps ``ExecutionService.start`` and ``SQLiteJournal.create_execution`` (and the
+    writer's transaction, in its thread) with a clock; every 100 starts the medians
+    in ms go to ``$SAGARAY_BENCH_TIMES`` (default /tmp/sagaray-start-times.txt).
+    """
+    import statistics
+    import time
+
+    from coordinator.executions import ExecutionService
+    from coordinator.journal import sqlite_writer
+    from coordinator.journal.sqlite import SQLiteJournal
+
+    times: dict[str, list[float]] = {"service": [], "create": [], "transaction": []}
+    out = os.environ.get("SAGARAY_BENCH_TIMES", "/tmp/sagaray-start-times.txt")
+
+    def timed(name: str, func):  # type: ignore[no-untyped-def]
+        async def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            began = time.perf_counter()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                times[name].append((time.perf_counter() - began) * 1000)
+                if name == "service" and len(times[name]) % 100 == 0:
+                    line = {k: round(statistics.median(v[-100:]), 3) for k, v in times.items() if v}
+                    with open(out, "a") as file:
+                        file.write(f"{line}\n")
+        return wrapper
+
+    original_transaction = sqlite_writer.GroupCommitWriter._transaction
+
+    def transaction(self, conn, batch):  # type: ignore[no-untyped-def]
+        began = time.perf_counter()
+        try:
+            return original_transaction(self, conn, batch)
+        finally:
+            times["transaction"].append((time.perf_counter() - began) * 1000)
+
+    ExecutionService.start = timed("service", ExecutionService.start)  # type: ignore[method-assign]
+    SQLiteJournal.create_execution = timed(  # type: ignore[method-assign]
+        "create", SQLiteJournal.create_execution)
+    sqlite_writer.GroupCommitWriter._transaction = transaction  # type: ignore[method-assign]
+
+
 def apply(names: str | None = None) -> list[str]:
     """Apply the patches named (comma-separated) or those in $SAGARAY_BENCH_PATCHES."""
     chosen = [n for n in (names if names is not None else os.environ.get(ENV, "")).split(",") if n]
