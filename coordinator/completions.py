@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -28,14 +29,16 @@ POLL_SECONDS = 10.0
 RETRY_SECONDS = 0.5
 # How long past its own long-poll timeout a feed call may take before it counts as failed.
 FEED_MARGIN_SECONDS = 5.0
-# Fetches a host's feed: (host name, incarnation, cursor, timeout) -> answer.
-FeedCall = Callable[[str, str | None, int | None, float], Awaitable[dict[str, Any]]]
+# Fetches a host's feed: (host name, incarnation, cursor, timeout, reader) -> answer.
+FeedCall = Callable[[str, str | None, int | None, float, str], Awaitable[dict[str, Any]]]
 View = tuple[int, dict[str, Any]]  # (journal sequence, terminal view), as the feed sends it
 
 
 class CompletionWatch:
     def __init__(self, fetch: FeedCall) -> None:
         self._fetch = fetch
+        # Names this process to the hosts: views recorded for it come to its polls only.
+        self.reader = uuid.uuid4().hex
         # host -> id -> one future per waiting request: a waiter that gives up
         # cancels its own future, never another request's.
         self._waiters: dict[str, dict[str, set[asyncio.Future[View | None]]]] = {}
@@ -102,7 +105,7 @@ class CompletionWatch:
             try:
                 # Bounded here too: a host that hangs must not hold its waiters.
                 answer = await asyncio.wait_for(
-                    self._fetch(host, incarnation, cursor, POLL_SECONDS),
+                    self._fetch(host, incarnation, cursor, POLL_SECONDS, self.reader),
                     POLL_SECONDS + FEED_MARGIN_SECONDS)
             except asyncio.CancelledError:
                 raise

@@ -176,7 +176,7 @@ class ExecutionService:
         self.started[saga] = self.started.get(saga, 0) + 1
         state = replay(definition, [started])
         self._dispatch(definition, execution_id, [started], 1 if owner else None, owner,
-                       report=wait is not None)
+                       report_to=self._completions.reader if wait is not None else None)
         if wait is not None:
             return await self._waited_start(definition, state, wait), True
         return accepted_view(state), True
@@ -197,15 +197,16 @@ class ExecutionService:
 
     def _dispatch(self, definition: SagaDefinition, execution_id: str,
                   events: list[ev.Event] | None, fence: int | None = None,
-                  leased_to: str | None = None, report: bool = False) -> None:
+                  leased_to: str | None = None, report_to: str | None = None) -> None:
         """Hand over without holding the reply: the journal already has the execution.
 
-        ``report``: this process waits for the end, so the host sends the final view.
+        ``report_to``: this process waits for the end (its feed reader's name), so the
+        host sends it the final view.
         """
         async def hand_over() -> None:
             try:
                 await self.pool.dispatch(definition.placement, execution_id, events, fence,
-                                         leased_to=leased_to, report=report)
+                                         leased_to=leased_to, report_to=report_to)
             except Exception:
                 log.exception("could not hand %s to a host; it stays in the journal",
                               execution_id)

@@ -14,10 +14,11 @@ Contract of :class:`FinishFeed`:
 - An entry may carry the execution's terminal view and the journal sequence it
   reflects (``views`` in the answer: id -> ``(last_seq, view)``), for starts whose
   caller waits (``?wait``): that caller answers without reading and replaying the
-  journal. A caller must ignore a view older than the state it waits on (an
-  execution resumed after it ended runs again). Only the last ``keep_views`` views
-  are held; an entry past them is answered without its view, and the caller reads
-  the journal.
+  journal. A view is for one reader (the API process whose request waits): it goes
+  only to that reader's poll, once (so memory holds only views not yet sent, however
+  large the inputs), and at most the last ``keep_views`` are held. A caller must
+  ignore a view older than the state it waits on (an execution resumed after it
+  ended runs again); a caller that gets an entry without its view reads the journal.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from itertools import islice
 from typing import Any
 
 DEFAULT_KEEP = 50_000
-# A view is a few KB: enough for the waiters of several seconds at full load.
-DEFAULT_KEEP_VIEWS = 4_096
+# Views wait here only until the next answer (milliseconds while an API polls);
+# the cap bounds a host that nobody polls any more.
+DEFAULT_KEEP_VIEWS = 1_024
 Final = tuple[int, dict[str, Any]]  # (journal sequence of the terminal state, its view)
 
 
@@ -39,19 +41,20 @@ class FinishFeed:
     def __init__(self, keep: int = DEFAULT_KEEP, keep_views: int = DEFAULT_KEEP_VIEWS) -> None:
         self.incarnation = uuid.uuid4().hex
         self._ids: deque[str] = deque(maxlen=keep)
-        self._views: dict[str, Final] = {}  # oldest first
+        self._views: dict[str, tuple[str, Final]] = {}  # id -> (reader, final), oldest first
         self._keep_views = keep_views
         self._next = 0  # the cursor of the next entry
         self._arrived = asyncio.Event()
 
-    def record(self, execution_id: str, final: Final | None = None) -> None:
+    def record(self, execution_id: str, final: Final | None = None,
+               reader: str | None = None) -> None:
         """Note that ``execution_id`` stopped here; ``final`` is ``(last_seq, view)`` of
-        its terminal state, when a waiter asked for it."""
+        its terminal state, for ``reader``, when a waiter there asked for it."""
         self._ids.append(execution_id)
         self._next += 1
         self._views.pop(execution_id, None)  # an earlier run's, now stale
-        if final is not None:
-            self._views[execution_id] = final
+        if final is not None and reader is not None:
+            self._views[execution_id] = (reader, final)
             if len(self._views) > self._keep_views:
                 del self._views[next(iter(self._views))]
         # Wake every poll waiting now; later polls wait on a fresh event.
@@ -59,22 +62,28 @@ class FinishFeed:
         self._arrived = asyncio.Event()
 
     async def since(self, incarnation: str | None, cursor: int | None,
-                    timeout: float) -> dict[str, Any]:
-        """``{"incarnation", "cursor", "ids", "complete", "views"}`` past ``cursor``.
+                    timeout: float, reader: str | None = None) -> dict[str, Any]:
+        """``{"incarnation", "cursor", "ids", "complete", "views"}`` past ``cursor``;
+        ``views`` holds the entries' views recorded for ``reader``.
 
         Without a cursor (or with another incarnation's), it answers the current
         cursor at once, with ``complete`` False unless the caller had none.
         """
         if cursor is None or incarnation != self.incarnation:
-            return self._answer([], complete=cursor is None)
+            return self._answer([], complete=cursor is None, reader=reader)
         if cursor >= self._next:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
         first = self._next - len(self._ids)
         ids = list(islice(self._ids, max(cursor - first, 0), None))
-        return self._answer(ids, complete=cursor >= first)
+        return self._answer(ids, complete=cursor >= first, reader=reader)
 
-    def _answer(self, ids: list[str], *, complete: bool) -> dict[str, Any]:
-        views = {i: self._views[i] for i in ids if i in self._views} if self._views else {}
+    def _answer(self, ids: list[str], *, complete: bool, reader: str | None) -> dict[str, Any]:
+        views: dict[str, Final] = {}
+        if self._views and reader is not None:
+            for execution_id in ids:
+                held = self._views.get(execution_id)
+                if held is not None and held[0] == reader:
+                    views[execution_id] = self._views.pop(execution_id)[1]
         return {"incarnation": self.incarnation, "cursor": self._next, "ids": ids,
                 "complete": complete, "views": views}

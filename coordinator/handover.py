@@ -19,8 +19,8 @@ from typing import Any
 from coordinator.core import events as ev
 
 # (execution id, its first events or None, the fence of a lease it was created with,
-# whether a caller waits for its end: the host's finish feed then carries its view)
-Item = tuple[str, Sequence[ev.Event] | None, int | None, bool]
+# the reader that waits for its end, whose polls of the finish feed then get its view)
+Item = tuple[str, Sequence[ev.Event] | None, int | None, str | None]
 StartMany = Callable[[list[Item]], Awaitable[list[dict[str, Any]]]]
 MAX_BATCH = 512
 
@@ -32,11 +32,12 @@ class HandOverQueue:
         self._draining: asyncio.Task[None] | None = None
 
     def put(self, execution_id: str, events: Sequence[ev.Event] | None,
-            fence: int | None = None, report: bool = False) -> asyncio.Future[dict[str, Any]]:
+            fence: int | None = None,
+            report_to: str | None = None) -> asyncio.Future[dict[str, Any]]:
         """Queue one execution; the future gets the host's answer for it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._items.append(((execution_id, events, fence, report), future))
+        self._items.append(((execution_id, events, fence, report_to), future))
         if self._draining is None or self._draining.done():
             self._draining = loop.create_task(self._drain())
         return future

@@ -84,7 +84,8 @@ class HostCore:
         # Executions whose start is claiming them; set once the start has answered.
         self._starting: dict[str, asyncio.Event] = {}
         self.finishes = FinishFeed()
-        self._report: set[str] = set()  # executions whose terminal view the feed carries
+        # Executions whose terminal view the feed carries, to the reader that waits.
+        self._report: dict[str, str] = {}
         self.draining = False
         self._drain_seconds = config.drain_seconds
         self._releases: set[asyncio.Task[None]] = set()
@@ -120,32 +121,33 @@ class HostCore:
             await self._journal.close()
 
     async def start(self, execution_id: str, events: Sequence[ev.Event] | None = None,
-                    fence: int | None = None, report: bool = False) -> Answer:
+                    fence: int | None = None, report_to: str | None = None) -> Answer:
         """Claim and run an execution here; the answer's ``status`` says what happened.
 
         ``fence`` is the token of a lease the execution was created with for this
         host: adopted instead of claimed. If another host claimed it meanwhile, the
-        journal refuses the first append and the runner stops. With ``report``
-        (its caller waits for the end), the finish feed carries the terminal view.
+        journal refuses the first append and the runner stops. With ``report_to``
+        (the reader whose request waits for the end), the finish feed carries the
+        terminal view to that reader.
         """
         if execution_id in self._runners or execution_id in self._starting:
-            if report and execution_id in self._runners:
-                self._report.add(execution_id)
+            if report_to and execution_id in self._runners:
+                self._report[execution_id] = report_to
             return self.placement("running")
         if self.draining:
             return await self._refuse(execution_id, fence)
         self._starting[execution_id] = asyncio.Event()
         try:
             _, status = await self._claim_and_launch(execution_id, events, fence)
-            if report and status == "running":
+            if report_to and status == "running":
                 # No await since the launch: the runner cannot have ended yet.
-                self._report.add(execution_id)
+                self._report[execution_id] = report_to
             return self.placement(status)
         finally:
             self._starting.pop(execution_id).set()
 
     async def start_many(
-        self, batch: Sequence[tuple[str, Sequence[ev.Event] | None, int | None, bool]]
+        self, batch: Sequence[tuple[str, Sequence[ev.Event] | None, int | None, str | None]]
     ) -> list[Answer]:
         """:meth:`start` for each item, concurrently; the answers in the same order.
 
@@ -361,13 +363,9 @@ class HostCore:
         except Exception:
             log.exception("could not release %s; its lease will expire", execution_id)
 
-    def _final_view(self, execution_id: str, runner: ExecutionRunner | None,
+    def _final_view(self, runner: ExecutionRunner | None,
                     task: asyncio.Task[ExecutionState]) -> tuple[int, dict[str, Any]] | None:
-        """``(last_seq, terminal view)`` for the feed, when a waiter asked for it and
-        the terminal state is durable."""
-        if execution_id not in self._report:
-            return None
-        self._report.discard(execution_id)
+        """``(last_seq, terminal view)`` for the feed, when the terminal state is durable."""
         if runner is None or task.cancelled() or task.exception() is not None \
                 or not runner.ended_durably:
             return None
@@ -375,7 +373,9 @@ class HostCore:
 
     def _forget(self, execution_id: str, task: asyncio.Task[ExecutionState]) -> None:
         runner = self._runners.pop(execution_id, None)
-        self.finishes.record(execution_id, self._final_view(execution_id, runner, task))
+        reader = self._report.pop(execution_id, None)
+        final = self._final_view(runner, task) if reader else None
+        self.finishes.record(execution_id, final, reader)
         if runner is not None and runner.drained and not runner.fenced_out:
             # Drained: release now so the supervisor hands it over without waiting.
             release = asyncio.get_running_loop().create_task(self._release(execution_id))

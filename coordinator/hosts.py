@@ -58,13 +58,13 @@ class SagaHost:
         return await self.core.start(execution_id, events)
 
     async def start_many(
-        self, batch: list[tuple[str, list[ev.Event] | None, int | None, bool]]
+        self, batch: list[tuple[str, list[ev.Event] | None, int | None, str | None]]
     ) -> list[Answer]:
         return await self.core.start_many(batch)
 
     async def finished_since(self, incarnation: str | None, cursor: int | None,
-                             timeout: float) -> dict[str, Any]:
-        return await self.core.finishes.since(incarnation, cursor, timeout)
+                             timeout: float, reader: str | None = None) -> dict[str, Any]:
+        return await self.core.finishes.since(incarnation, cursor, timeout, reader)
 
     async def cancel(self, execution_id: str, reason: str | None) -> str:
         return await self.core.cancel(execution_id, reason)

@@ -122,12 +122,12 @@ class HostPool:
         return self._names[rendezvous(execution_id, self._names)]
 
     async def finished_since(self, host: str, incarnation: str | None, cursor: int | None,
-                             timeout: float) -> dict[str, Any]:
+                             timeout: float, reader: str | None = None) -> dict[str, Any]:
         """One long poll of a host's :class:`~coordinator.finish_feed.FinishFeed`."""
         actor = self._handles.get(host)
         if actor is None:
             raise LookupError(f"{host} is not in the pool any more")
-        return dict(await actor.finished_since.remote(incarnation, cursor, timeout))
+        return dict(await actor.finished_since.remote(incarnation, cursor, timeout, reader))
 
     def lease_for(self, placement: PlacementKind, execution_id: str) -> tuple[str, float] | None:
         """``(host, seconds)`` to create a shared execution already leased to its host.
@@ -142,12 +142,13 @@ class HostPool:
 
     async def dispatch(
         self, placement: PlacementKind, execution_id: str, events: list[ev.Event] | None = None,
-        fence: int | None = None, leased_to: str | None = None, report: bool = False,
+        fence: int | None = None, leased_to: str | None = None, report_to: str | None = None,
     ) -> dict[str, str | None]:
         """Start (or resume) an execution on its host; returns where it runs.
 
         ``fence`` is the token of the lease the journal already gave host ``leased_to``;
-        ``report``: a caller waits for its end (a shared host's feed carries the view).
+        ``report_to``: the reader (API process) waiting for its end; a shared host's
+        feed carries the final view to it.
         """
         if placement == "dedicated":
             actor = DedicatedHost.options(  # type: ignore[attr-defined]
@@ -158,7 +159,7 @@ class HostPool:
         for _ in range(REDISPATCHES):
             name = self._route(execution_id, fence, leased_to)
             try:
-                answer = await self._queue(name).put(execution_id, events, fence, report)
+                answer = await self._queue(name).put(execution_id, events, fence, report_to)
             except (RayActorError, KeyError):
                 # Removed meanwhile (or restarting): it never ran this execution.
                 await self._gone(name, execution_id, fence)

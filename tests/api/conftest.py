@@ -95,8 +95,8 @@ class PoolStandIn:
         return {"stand-in": None}  # as a host that did not answer in time
 
     async def finished_since(self, host: str, incarnation: str | None, cursor: int | None,
-                             timeout: float) -> dict[str, Any]:
-        return await self.finishes.since(incarnation, cursor, timeout)
+                             timeout: float, reader: str | None = None) -> dict[str, Any]:
+        return await self.finishes.since(incarnation, cursor, timeout, reader)
 
     def lease_for(self, placement: str, execution_id: str) -> tuple[str, float] | None:
         return None
@@ -104,7 +104,7 @@ class PoolStandIn:
     async def dispatch(self, placement: str, execution_id: str,
                        events: list[ev.Event] | None = None,
                        fence: int | None = None, leased_to: str | None = None,
-                       report: bool = False) -> dict[str, str | None]:
+                       report_to: str | None = None) -> dict[str, str | None]:
         self.dispatched.append(execution_id)
         if self.complete_on_dispatch:
             done = ev.ExecutionCompleted(at=time.time(), output={"done": True})

@@ -13,6 +13,11 @@ from coordinator.finish_feed import FinishFeed
 from coordinator.handover import HandOverQueue, Item
 
 
+def watching(feed: FinishFeed) -> CompletionWatch:
+    """A watch of one host whose feed is ``feed`` (in place of the Ray call)."""
+    return CompletionWatch(lambda host, *poll: feed.since(*poll))
+
+
 async def test_feed_answers_entries_past_the_cursor_and_long_polls() -> None:
     feed = FinishFeed()
     first = await feed.since(None, None, 1.0)
@@ -38,29 +43,32 @@ async def test_feed_reports_lost_entries_as_incomplete() -> None:
     assert not restarted["complete"] and restarted["cursor"] == 3
 
 
-async def test_feed_carries_the_last_views_recorded() -> None:
+async def test_feed_sends_each_view_once_to_its_reader_and_holds_only_the_last_ones() -> None:
     feed = FinishFeed(keep_views=2)
-    feed.record("a", (3, {"execution_id": "a"}))
+    feed.record("a", (3, {"execution_id": "a"}), "api-1")
     feed.record("plain")
-    feed.record("b", (5, {"execution_id": "b"}))
-    answer = await feed.since(feed.incarnation, 0, 0.0)
-    assert answer["ids"] == ["a", "plain", "b"]
+    feed.record("b", (5, {"execution_id": "b"}), "api-1")
+    elsewhere = await feed.since(feed.incarnation, 0, 0.0, "api-2")
+    assert elsewhere["ids"] == ["a", "plain", "b"] and elsewhere["views"] == {}
+    answer = await feed.since(feed.incarnation, 0, 0.0, "api-1")
     assert answer["views"] == {"a": (3, {"execution_id": "a"}), "b": (5, {"execution_id": "b"})}
-    feed.record("c", (4, {"execution_id": "c"}))  # "a" is the oldest view: dropped
-    answer = await feed.since(feed.incarnation, 0, 0.0)
-    assert set(answer["views"]) == {"b", "c"}
-    feed.record("b")  # b ran again (resumed) and ended without a waiter asking
-    assert "b" not in (await feed.since(feed.incarnation, 0, 0.0))["views"]
-    assert (await feed.since(feed.incarnation, 5, 0.0))["views"] == {}
+    assert (await feed.since(feed.incarnation, 0, 0.0, "api-1"))["views"] == {}  # sent once
+    for name in "cde":
+        feed.record(name, (1, {"execution_id": name}), "api-1")
+    answer = await feed.since(feed.incarnation, 3, 0.0, "api-1")
+    assert answer["ids"] == ["c", "d", "e"] and set(answer["views"]) == {"d", "e"}
+    feed.record("f", (2, {"execution_id": "f"}), "api-1")
+    feed.record("f")  # f ran again (resumed) and ended without a waiter asking
+    assert (await feed.since(feed.incarnation, 6, 0.0, "api-1"))["views"] == {}
 
 
 async def test_watch_hands_a_carried_view_to_its_waiter() -> None:
     feed = FinishFeed()
-    watch = CompletionWatch(lambda host, inc, cursor, timeout: feed.since(inc, cursor, timeout))
+    watch = watching(feed)
     try:
         await watch.primed("h")
         with_view, without = watch.waiter("h", "x"), watch.waiter("h", "y")
-        feed.record("x", (9, {"execution_id": "x", "status": "completed"}))
+        feed.record("x", (9, {"execution_id": "x", "status": "completed"}), watch.reader)
         feed.record("y")
         assert await asyncio.wait_for(with_view, 1.0) == (9, {"execution_id": "x",
                                                                "status": "completed"})
@@ -71,7 +79,7 @@ async def test_watch_hands_a_carried_view_to_its_waiter() -> None:
 
 async def test_watch_wakes_the_waiter_of_a_finished_execution_only() -> None:
     feed = FinishFeed()
-    watch = CompletionWatch(lambda host, inc, cursor, timeout: feed.since(inc, cursor, timeout))
+    watch = watching(feed)
     try:
         await watch.primed("h")
         done, pending = watch.waiter("h", "done"), watch.waiter("h", "still-running")
@@ -86,7 +94,7 @@ async def test_watch_wakes_the_waiter_of_a_finished_execution_only() -> None:
 async def test_two_waiters_of_one_execution_do_not_cancel_each_other() -> None:
     """A request that gives up (timeout, client gone) leaves the other waiting."""
     feed = FinishFeed()
-    watch = CompletionWatch(lambda host, inc, cursor, timeout: feed.since(inc, cursor, timeout))
+    watch = watching(feed)
     try:
         await watch.primed("h")
         impatient, patient = watch.waiter("h", "x"), watch.waiter("h", "x")
@@ -107,7 +115,7 @@ async def test_a_host_whose_feed_hangs_wakes_its_waiters(monkeypatch: pytest.Mon
     monkeypatch.setattr("coordinator.completions.FEED_MARGIN_SECONDS", 0.05)
 
     async def hangs(host: str, inc: str | None, cursor: int | None,
-                    timeout: float) -> dict[str, Any]:
+                    timeout: float, reader: str) -> dict[str, Any]:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
@@ -123,7 +131,7 @@ async def test_watch_wakes_everyone_when_the_host_cannot_be_reached() -> None:
     calls = 0
 
     async def unreachable(host: str, inc: str | None, cursor: int | None,
-                          timeout: float) -> dict[str, Any]:
+                          timeout: float, reader: str) -> dict[str, Any]:
         nonlocal calls
         calls += 1
         raise ConnectionError("host restarting")
@@ -182,7 +190,7 @@ async def test_close_stops_a_loop_whose_first_cancel_was_lost() -> None:
     called = asyncio.Event()
 
     async def stubborn(host: str, inc: str | None, cursor: int | None,
-                       timeout: float) -> dict[str, Any]:
+                       timeout: float, reader: str) -> dict[str, Any]:
         called.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(3600)
