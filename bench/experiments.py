@@ -452,7 +452,7 @@ def _short_busy() -> None:
 def _no_feed_views() -> None:
     """Waited starts without the finish feed's views: the API reads the journal again.
 
-    Reverts, in the API process only, the hand-over's ``report`` flag (the host then
+    Reverts, in the API process only, the hand-over's ``report_to`` (the host then
     sends no terminal views), to split the change's cost between API and hosts.
     """
     from coordinator.executions import ExecutionService
@@ -460,7 +460,7 @@ def _no_feed_views() -> None:
     original = ExecutionService._dispatch
 
     def dispatch(self: ExecutionService, *args: object, **kwargs: object) -> None:
-        kwargs["report"] = False
+        kwargs["report_to"] = None
         original(self, *args, **kwargs)  # type: ignore[arg-type]
 
     ExecutionService._dispatch = dispatch  # type: ignore[method-assign]

@@ -311,6 +311,10 @@ async def warm_up(bench: Bench, n: int = 200) -> None:
     batch = await load.sagaray_batch(bench.http, bench.api, SAGA, inputs, 50)
     await load.raw_batch(bench.http, bench.urls, inputs, 50)
     log(f"warm-up: {batch.n} sagas in {batch.seconds:.1f}s {batch.outcomes}")
+    if batch.outcomes.get("error"):
+        # A coordinator that cannot run the saga would yield fast, meaningless figures.
+        raise NotMeasured(f"{batch.outcomes['error']} of {batch.n} warm-up sagas failed: "
+                          f"{batch.outcomes}")
 
 
 # -- scenarios ------------------------------------------------------------------------
