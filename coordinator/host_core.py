@@ -369,7 +369,12 @@ class HostCore:
         if runner is None or task.cancelled() or task.exception() is not None \
                 or not runner.ended_durably:
             return None
-        return runner.state.last_seq, execution_view(runner.definition, runner.state)
+        try:
+            return runner.state.last_seq, execution_view(runner.definition, runner.state)
+        except Exception:
+            # Only an optimisation: the waiter reads the journal instead.
+            log.exception("could not build the final view of %s", runner.execution_id)
+            return None
 
     def _forget(self, execution_id: str, task: asyncio.Task[ExecutionState]) -> None:
         runner = self._runners.pop(execution_id, None)
