@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from aiohttp import web
 from blockbuster import BlockBuster, blockbuster_ctx
 
 if TYPE_CHECKING:
@@ -105,21 +106,28 @@ def write_patient_copy(target: Path) -> Path:
     return target
 
 
+async def serve_on_loopback(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on a free loopback port, as ``sagaray serve`` does; (runner, base URL).
+
+    The caller ends it with ``runner.cleanup()``.
+    """
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
 @contextlib.asynccontextmanager
 async def serving(options: ServeOptions, demo_services: dict[str, str],
                   journal_path: Path) -> AsyncIterator[DemoStack]:
     """``build_stack`` plus the API on a free loopback port, as ``sagaray serve`` does."""
-    from aiohttp import web
-
     from coordinator.server import build_stack
 
     built = await build_stack(options)
-    runner = web.AppRunner(built.app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve_on_loopback(built.app)
     try:
-        yield DemoStack(f"http://127.0.0.1:{port}", demo_services, built, journal_path)
+        yield DemoStack(url, demo_services, built, journal_path)
     finally:
         await runner.cleanup()
         await built.close()

@@ -40,7 +40,7 @@ from coordinator.journal.base import Journal, JournalUnavailable, StoredEvent
 from coordinator.pool import HostPool
 from coordinator.server import ServeOptions, Stack, build_stack
 from services.runner import write_services_file
-from tests.conftest import DemoStack, free_port
+from tests.conftest import DemoStack, serve_on_loopback
 from tests.order_variants import write_order_variant
 from tests.runtime.conftest import Api
 
@@ -208,11 +208,8 @@ async def make_stack(
             fault_points=dict(fault_points or {}), **more)
         started = time.monotonic()
         built = await build_stack(options)
-        runner = web.AppRunner(built.app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        stack = FaultStack(f"http://127.0.0.1:{port}", demo_services, built, namespace, url,
+        runner, api_url = await serve_on_loopback(built.app)
+        stack = FaultStack(api_url, demo_services, built, namespace, url,
                            base, runner)
         made.append(stack)
         print(f"\nstack {namespace}: {hosts or more} hosts, lease {lease_seconds:g} s, "

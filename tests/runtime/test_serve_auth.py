@@ -11,11 +11,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from coordinator.auth import ApiTokens
 from coordinator.server import ServeOptions, Stack, build_stack
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, serve_on_loopback
 
 READ = "runtime-read-token-0123456789"
 WRITE = "runtime-write-token-0123456789"
@@ -29,12 +28,9 @@ async def secured(ray_session: None, tmp_path: Path) -> AsyncIterator[tuple[str,
         journal_url=f"sqlite:///{tmp_path / 'journal.db'}", hosts=1,
         namespace="sagaray-auth-tests", api_tokens=ApiTokens(read=(READ,), write=(WRITE,)))
     built = await build_stack(options)
-    runner = web.AppRunner(built.app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve_on_loopback(built.app)
     try:
-        yield f"http://127.0.0.1:{port}", built
+        yield url, built
     finally:
         await runner.cleanup()
         built.pool.shutdown()

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from coordinator.server import ServeOptions, Stack, build_stack
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, serve_on_loopback
 from tests.tracing.receiver import OtlpReceiver
 
 # Set before Ray starts (conftests load at collection), since the hosts resolve the
@@ -69,12 +68,9 @@ async def traced(
         journal_url=f"sqlite:///{base / 'journal.db'}", hosts=2, namespace=NAMESPACE,
         jaeger_url=JAEGER_URL, extra_sagas=(ROOT / "tests" / "sagas",), otel_env=env)
     built = await build_stack(options)
-    runner = web.AppRunner(built.app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, url = await serve_on_loopback(built.app)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield TracedStack(f"http://127.0.0.1:{port}", dict(running.urls), receiver, built,
+        yield TracedStack(url, dict(running.urls), receiver, built,
                           session, TOKEN)
     await runner.cleanup()
     built.pool.shutdown()

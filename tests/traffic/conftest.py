@@ -33,7 +33,7 @@ from aiohttp import web
 
 from coordinator.server import ServeOptions, Stack, build_stack
 from services.runner import RunningInstances, start_instances, write_services_file
-from tests.conftest import DemoStack, free_port
+from tests.conftest import DemoStack, serve_on_loopback
 from tests.runtime.conftest import TERMINAL, Api
 
 RETRY = {"max_attempts": 30, "initial_backoff": "20ms", "max_backoff": "300ms"}
@@ -159,15 +159,11 @@ async def traffic_stack(ray_session: None, tmp_path: Path) -> AsyncIterator[Traf
                                namespace=namespace)
         started = time.monotonic()
         built = await build_stack(options)
-        runner = web.AppRunner(built.app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner, url = await serve_on_loopback(built.app)
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180))
         sessions.append(session)
         single = {name: running.urls[0] for name, running in instances.items()}
-        api = Api(session, DemoStack(f"http://127.0.0.1:{port}", single, built,
-                                     base / "journal.db"))
+        api = Api(session, DemoStack(url, single, built, base / "journal.db"))
         stack = TrafficStack(api, built, namespace, instances, runner)
         made.append(stack)
         print(f"\nstack {namespace}: {hosts} host(s), instances "
