@@ -466,6 +466,27 @@ def _no_feed_views() -> None:
     ExecutionService._dispatch = dispatch  # type: ignore[method-assign]
 
 
+@patch("no-host-history")
+def _no_host_history() -> None:
+    """Tracing on: the hosts re-read each finished saga's journal for its spans (as before)."""
+    from coordinator import host_core
+
+    original = host_core.HostCore._drive
+
+    async def drive(self: host_core.HostCore, runner: host_core.ExecutionRunner) -> object:
+        runner.history = None  # nothing kept: the spans come from a journal read
+        if self._tracing is None:
+            return await original(self, runner)
+        state = await runner.run()
+        if state.terminal and not runner.fenced_out:
+            async def read() -> list[object]:
+                return [s.event for s in await self._journal.read(state.execution_id)]
+            self._tracing.execution_ended(state, read)  # type: ignore[arg-type]
+        return state
+
+    host_core.HostCore._drive = drive  # type: ignore[assignment,method-assign]
+
+
 @patch("adaptive-window")
 def _adaptive_window() -> None:
     """Group commit waits up to 1 ms for more requests, only while they come in batches.

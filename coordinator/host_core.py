@@ -168,7 +168,7 @@ class HostCore:
     async def _claim_and_launch(
         self, execution_id: str, events: Sequence[ev.Event] | None, fence: int | None = None
     ) -> tuple[ExecutionRunner | None, str]:
-        state, definition = await self._load(execution_id, events)
+        state, definition, history = await self._load(execution_id, events)
         if state is None or definition is None:
             return None, "not_found"
         if state.terminal:
@@ -185,9 +185,9 @@ class HostCore:
             return None, "draining"
         if fence > 1 and events is not None:
             # Someone else may have written since those events were read.
-            state, definition = await self._load(execution_id, None)
+            state, definition, history = await self._load(execution_id, None)
             assert state is not None and definition is not None
-        return self._launch(definition, state, fence), "running"
+        return self._launch(definition, state, fence, history), "running"
 
     async def cancel(self, execution_id: str, reason: str | None) -> str:
         """``accepted``, ``refused`` (terminal or past the pivot), ``owned_elsewhere``
@@ -215,7 +215,7 @@ class HostCore:
             return "owned_elsewhere" if self.draining else "refused"
         if self.draining:
             return "owned_elsewhere"
-        state, definition = await self._load(execution_id, None)
+        state, definition, _ = await self._load(execution_id, None)
         if state is None or definition is None:
             return "not_found"
         if state.status != "failed":
@@ -314,27 +314,30 @@ class HostCore:
 
     async def _load(
         self, execution_id: str, events: Sequence[ev.Event] | None
-    ) -> tuple[ExecutionState | None, SagaDefinition | None]:
+    ) -> tuple[ExecutionState | None, SagaDefinition | None, Sequence[ev.Event]]:
+        """The execution's state, its definition, and the events it was built from."""
         await self._open()
         if events is None:
             events = [stored.event for stored in await self._journal.read(execution_id)]
         if not events or not isinstance(events[0], ev.ExecutionStarted):
-            return None, None
+            return None, None, events
         start = events[0]
         definition = self._definitions.get((start.saga, start.version))
         if definition is None:
             log.error("execution %s needs %s v%s, not loaded on this host",
                       execution_id, start.saga, start.version)
-            return None, None
-        return replay(definition, events), definition
+            return None, None, events
+        return replay(definition, events), definition, events
 
     def _launch(self, definition: SagaDefinition, state: ExecutionState,
-                fence: int) -> ExecutionRunner:
+                fence: int, history: Sequence[ev.Event]) -> ExecutionRunner:
         placement = ev.HostAssigned(at=time.time(), host=self.host_id, node_id=self.node_id)
         runner = ExecutionRunner(
             definition, state, self._journal, self._invoker, opening=[placement],
             around_attempt=self._tracing.around_attempt if self._tracing else None,
-            fence=fence, checkpoint=self._checkpoint, on_journaled=self.metrics.on_journaled)
+            fence=fence, checkpoint=self._checkpoint, on_journaled=self.metrics.on_journaled,
+            # Tracing builds the saga's spans from it at the end: no journal re-read.
+            history=list(history) if self._tracing is not None else None)
         self._runners[state.execution_id] = runner
         self.started += 1
         task = asyncio.get_running_loop().create_task(self._drive(runner))
@@ -345,11 +348,9 @@ class HostCore:
         state = await runner.run()
         if self._tracing is not None and state.terminal and not runner.fenced_out:
             # Registered before this task ends, so close() (a dedicated host's exit) waits.
-            self._tracing.execution_ended(state, lambda: self._history(state.execution_id))
+            history = runner.history if runner.history is not None else []
+            self._tracing.execution_ended(state, lambda: _known(history))
         return state
-
-    async def _history(self, execution_id: str) -> list[ev.Event]:
-        return [stored.event for stored in await self._journal.read(execution_id)]
 
     def _lost(self, execution_id: str) -> None:
         runner = self._runners.get(execution_id)
@@ -392,3 +393,7 @@ class HostCore:
         self.finished += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("runner of %s stopped: %r", execution_id, task.exception())
+
+
+async def _known(events: Sequence[ev.Event]) -> Sequence[ev.Event]:
+    return events

@@ -15,6 +15,9 @@ Contract of :class:`ExecutionRunner`:
   means another host took over, and the runner stops without writing more.
 - Idempotent to restart: a new runner rebuilt from the journal journals the
   attempts that were in flight as interrupted and re-sends them with the same key.
+- With ``history`` (a list seeded with the events its state was built from), it
+  extends that list with each append once durable: the journal's events of the
+  execution, kept in memory for a caller that needs them at the end (tracing).
 - After each durable append it calls ``on_journaled(state, events)`` once with every
   event of that append (the host's metrics count facts only); the hook's errors are
   logged, never raised into the execution.
@@ -106,6 +109,7 @@ class ExecutionRunner:
         fence: int | None = None,
         checkpoint: Checkpoint | None = None,
         on_journaled: JournaledHook | None = None,
+        history: list[ev.Event] | None = None,
     ) -> None:
         self.definition = definition
         self.state = state
@@ -117,6 +121,7 @@ class ExecutionRunner:
         self.fence = fence
         self._checkpoint = checkpoint or _no_checkpoint
         self._on_journaled = on_journaled
+        self.history = history
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
         # Applied to the state, not yet durable: written with the next append.
         self._pending: list[ev.Event] = []
@@ -300,6 +305,8 @@ class ExecutionRunner:
                                            fence=self.fence)
                 self._pending = []
                 self.opened.set()
+                if self.history is not None:
+                    self.history.extend(batch)
                 self._journaled(batch)
                 return
             except JournalUnavailable:
