@@ -466,6 +466,18 @@ def _no_feed_views() -> None:
     ExecutionService._dispatch = dispatch  # type: ignore[method-assign]
 
 
+@patch("no-opening-round")
+def _no_opening_round() -> None:
+    """Starts without the opening round: the API journals ``ExecutionStarted`` alone and
+    the host journals its assignment and first attempts before sending them (as before)."""
+    from coordinator.executions import ExecutionService
+
+    def no_opening(self: ExecutionService, *args: object) -> list[object]:
+        return []
+
+    ExecutionService._opening = no_opening  # type: ignore[assignment,method-assign]
+
+
 @patch("no-host-history")
 def _no_host_history() -> None:
     """Tracing on: the hosts re-read each finished saga's journal for its spans (as before)."""

@@ -28,6 +28,7 @@ from coordinator.admission import Admission, Ticket
 from coordinator.completions import CompletionWatch
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
+from coordinator.core.opening import opening_round
 from coordinator.core.replay import can_cancel, replay
 from coordinator.core.state import ExecutionState
 from coordinator.errors import BadRequest, Conflict, InvalidInput, NotFound, Retryable
@@ -162,8 +163,9 @@ class ExecutionService:
         # Created leased to its host: the host adopts fence 1 instead of claiming it.
         lease = self.pool.lease_for(definition.placement, execution_id)
         owner, lease_until = (lease[0], now + lease[1]) if lease else (None, None)
+        events = [started, *self._opening(definition, started, now, owner)]
         result = await self._journaled(self.journal.create_execution(
-            record, [started], owner=owner, lease_until=lease_until))
+            record, events, owner=owner, lease_until=lease_until))
         if ticket is not None and result.created and self.admission is not None:
             self.admission.confirm(ticket)
         if not result.created:
@@ -174,12 +176,24 @@ class ExecutionService:
                 return await self.wait(result.row.execution_id, wait), False
             return await self.get(result.row.execution_id), False
         self.started[saga] = self.started.get(saga, 0) + 1
-        state = replay(definition, [started])
-        self._dispatch(definition, execution_id, [started], 1 if owner else None, owner,
+        state = replay(definition, events)
+        self._dispatch(definition, execution_id, events, 1 if owner else None, owner,
                        report_to=self._completions.reader if wait is not None else None)
         if wait is not None:
             return await self._waited_start(definition, state, wait), True
         return accepted_view(state), True
+
+    def _opening(self, definition: SagaDefinition, started: ev.ExecutionStarted, now: float,
+                 owner: str | None) -> list[ev.Event]:
+        """The opening round to journal with the start, for the host it is leased to.
+
+        Only for a host whose node this process knows (from its last answer): the
+        host checks the assignment names it, and treats a stale one as a takeover.
+        """
+        node = self.pool.node_of(owner) if owner is not None else None
+        if node is None:
+            return []
+        return opening_round(definition, started, now, owner or "", node)
 
     async def _waited_start(self, definition: SagaDefinition, state: ExecutionState,
                             seconds: float) -> dict[str, Any]:

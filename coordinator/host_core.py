@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.core import events as ev
+from coordinator.core.commands import Invoke
 from coordinator.core.definition import SagaDefinition
+from coordinator.core.opening import handed_attempts
 from coordinator.core.replay import apply, replay
 from coordinator.core.state import ExecutionState
 from coordinator.faults import FaultPoints
@@ -187,7 +189,9 @@ class HostCore:
             # Someone else may have written since those events were read.
             state, definition, history = await self._load(execution_id, None)
             assert state is not None and definition is not None
-        return self._launch(definition, state, fence, history), "running"
+        handed = self._handed(definition, history) if fence == 1 and events is not None \
+            else None
+        return self._launch(definition, state, fence, history, handed), "running"
 
     async def cancel(self, execution_id: str, reason: str | None) -> str:
         """``accepted``, ``refused`` (terminal or past the pivot), ``owned_elsewhere``
@@ -329,11 +333,30 @@ class HostCore:
             return None, None, events
         return replay(definition, events), definition, events
 
-    def _launch(self, definition: SagaDefinition, state: ExecutionState,
-                fence: int, history: Sequence[ev.Event]) -> ExecutionRunner:
-        placement = ev.HostAssigned(at=time.time(), host=self.host_id, node_id=self.node_id)
+    def _handed(self, definition: SagaDefinition,
+                events: Sequence[ev.Event]) -> list[Invoke] | None:
+        """The opening round's attempts, when the creator journaled one for this host.
+
+        Assigned to another host or node (a host restarted elsewhere since the API
+        learnt its node): None, and the runner treats them as a takeover would.
+        """
+        found = handed_attempts(definition, events)
+        if found is None:
+            return None
+        assigned, invokes = found
+        if (assigned.host, assigned.node_id) != (self.host_id, self.node_id):
+            return None
+        return invokes
+
+    def _launch(self, definition: SagaDefinition, state: ExecutionState, fence: int,
+                history: Sequence[ev.Event], handed: list[Invoke] | None = None
+                ) -> ExecutionRunner:
+        # A handed opening round already holds this host's assignment.
+        opening: list[ev.Event] = [] if handed else [
+            ev.HostAssigned(at=time.time(), host=self.host_id, node_id=self.node_id)]
         runner = ExecutionRunner(
-            definition, state, self._journal, self._invoker, opening=[placement],
+            definition, state, self._journal, self._invoker, opening=opening,
+            in_flight=handed or (),
             around_attempt=self._tracing.around_attempt if self._tracing else None,
             fence=fence, checkpoint=self._checkpoint, on_journaled=self.metrics.on_journaled,
             # Tracing builds the saga's spans from it at the end: no journal re-read.

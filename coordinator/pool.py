@@ -64,6 +64,8 @@ class HostPool:
         self._handles: dict[str, ActorHandle] = {}
         self._supervisor: ActorHandle | None = None
         self._queues: dict[str, HandOverQueue] = {}
+        # Each host's node as its last hand-over answered; dropped when it fails one.
+        self._nodes: dict[str, str] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     @property
@@ -99,6 +101,8 @@ class HostPool:
         self._draining = [name for name in found["draining"] if name in self._handles]
         for gone in self._queues.keys() - set(self._names):
             del self._queues[gone]
+        for gone in self._nodes.keys() - set(self._names):
+            del self._nodes[gone]
 
     async def _refresh_forever(self, seconds: float) -> None:
         while True:
@@ -128,6 +132,10 @@ class HostPool:
         if actor is None:
             raise LookupError(f"{host} is not in the pool any more")
         return dict(await actor.finished_since.remote(incarnation, cursor, timeout, reader))
+
+    def node_of(self, host: str) -> str | None:
+        """The node ``host`` said it runs on in its last answer here; None if unknown."""
+        return self._nodes.get(host)
 
     def lease_for(self, placement: PlacementKind, execution_id: str) -> tuple[str, float] | None:
         """``(host, seconds)`` to create a shared execution already leased to its host.
@@ -160,6 +168,7 @@ class HostPool:
             name = self._route(execution_id, fence, leased_to)
             try:
                 answer = await self._queue(name).put(execution_id, events, fence, report_to)
+                self._learn_node(name, answer)
             except (RayActorError, KeyError):
                 # Removed meanwhile (or restarting): it never ran this execution.
                 await self._gone(name, execution_id, fence)
@@ -171,6 +180,11 @@ class HostPool:
             await self.refresh()
         # Released and unowned: the supervisor's next sweep hands it over.
         return answer
+
+    def _learn_node(self, name: str, answer: dict[str, str | None]) -> None:
+        node = answer.get("node_id")
+        if node and answer.get("host") == name:
+            self._nodes[name] = node
 
     def _route(self, execution_id: str, fence: int | None, leased_to: str | None) -> str:
         """The host for a hand-over: the one holding its lease while that one is in
@@ -193,6 +207,7 @@ class HostPool:
     async def _gone(self, name: str, execution_id: str, fence: int | None) -> None:
         """A host failed a hand-over; release its lease if it left the pool."""
         self._queues.pop(name, None)
+        self._nodes.pop(name, None)  # restarted, maybe on another node: learn it again
         await self.refresh()
         if fence is not None and self._journal is not None and name not in self._names \
                 and name not in self._draining:

@@ -15,6 +15,9 @@ Contract of :class:`ExecutionRunner`:
   means another host took over, and the runner stops without writing more.
 - Idempotent to restart: a new runner rebuilt from the journal journals the
   attempts that were in flight as interrupted and re-sends them with the same key.
+  The exception is ``in_flight``: attempts its creator journaled for it in the
+  execution's opening round (``core.opening``), which were never sent; it sends
+  them at once, as if it had journaled them itself.
 - With ``history`` (a list seeded with the events its state was built from), it
   extends that list with each append once durable: the journal's events of the
   execution, kept in memory for a caller that needs them at the end (tracing).
@@ -110,6 +113,7 @@ class ExecutionRunner:
         checkpoint: Checkpoint | None = None,
         on_journaled: JournaledHook | None = None,
         history: list[ev.Event] | None = None,
+        in_flight: Sequence[Invoke] = (),
     ) -> None:
         self.definition = definition
         self.state = state
@@ -122,6 +126,7 @@ class ExecutionRunner:
         self._checkpoint = checkpoint or _no_checkpoint
         self._on_journaled = on_journaled
         self.history = history
+        self._in_flight = list(in_flight)
         self._inbox: asyncio.Queue[object] = asyncio.Queue()
         # Applied to the state, not yet durable: written with the next append.
         self._pending: list[ev.Event] = []
@@ -170,7 +175,7 @@ class ExecutionRunner:
 
     async def run(self) -> ExecutionState:
         try:
-            self._defer([*self._opening, *interrupted(self.state, self._clock())])
+            self._open()
             while not self.state.terminal:
                 if self._drain_grace is not None:
                     await self._stop_for_drain(self._drain_grace)
@@ -183,6 +188,17 @@ class ExecutionRunner:
         finally:
             self._shutdown()
         return self.state
+
+    def _open(self) -> None:
+        """Send the opening round handed over, or journal what the last host left."""
+        if not self._in_flight:
+            self._defer([*self._opening, *interrupted(self.state, self._clock())])
+            return
+        self._defer(self._opening)
+        self.opened.set()  # the started events are durable: the creator wrote them
+        self._checkpoint(AFTER_STEP_STARTED)
+        for command in self._in_flight:
+            self._spawn(command)
 
     async def _step(self) -> bool:
         """Journal one round of decisions, then send; False when there is nothing to do."""

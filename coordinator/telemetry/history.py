@@ -104,7 +104,10 @@ class _Planner:
                 self.state.steps[step].action
             span_id = self.ids.phase_span_id(step, phase, attempts.budget_from)
             name = f"compensate {step}" if phase == "compensation" else f"step {step}"
-            span = PlannedSpan(name, span_id, self.ids.saga_span_id, ns(at),
+            # Never before its saga: the API journals a start's first attempts with the
+            # time it read just before the saga span's start (and nodes' clocks differ).
+            start = max(ns(at), self.saga.start_ns) if self.saga is not None else ns(at)
+            span = PlannedSpan(name, span_id, self.ids.saga_span_id, start,
                                {**saga_attributes(self.state), "saga.step": step,
                                 "saga.phase": phase, "saga.attempts": 0})
             if phase == "compensation" and step in self.forward_span:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from coordinator.host_core import HostConfig
+from coordinator.journal.base import Journal
 from tests.conftest import DemoStack
 
 TERMINAL = ("completed", "compensated", "failed")
@@ -62,3 +65,14 @@ class Api:
 async def api(stack: DemoStack) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
         yield Api(session, stack)
+
+
+@pytest.fixture
+async def setup(demo_services: dict[str, str],
+                tmp_path: Path) -> AsyncIterator[tuple[Journal, HostConfig]]:
+    """A journal and host configuration for one host core in this process."""
+    # Here, not at the top: hostcore needs tests.faults.conftest, which needs Api above.
+    from tests.runtime.hostcore import host_journal
+
+    async with host_journal(demo_services, tmp_path) as found:
+        yield found

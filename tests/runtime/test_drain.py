@@ -9,71 +9,12 @@ each step's effect once.
 
 from __future__ import annotations
 
-import asyncio
-import time
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
-
-import aiohttp
 import pytest
 
 from coordinator.core import events as ev
 from coordinator.host_core import HostConfig, HostCore
-from coordinator.journal.base import Journal, NewExecution
-from coordinator.journal.factory import journal_from_url
-from coordinator.loader import load_registry
-from coordinator.server import endpoints_of
-from services.runner import write_services_file
-from tests.faults.conftest import SAGA, write_crash_order
-
-
-@pytest.fixture
-async def setup(demo_services: dict[str, str],
-                tmp_path: Path) -> AsyncIterator[tuple[Journal, HostConfig]]:
-    await asyncio.to_thread(write_crash_order, tmp_path / "sagas")
-    await asyncio.to_thread(write_services_file, demo_services, tmp_path / "services.yaml")
-    registry = await asyncio.to_thread(load_registry, tmp_path / "sagas",
-                                       tmp_path / "services.yaml")
-    url = f"sqlite:///{tmp_path / 'journal.db'}"
-    config = HostConfig(journal_url=url, definitions=tuple(registry.all()),
-                        endpoints=endpoints_of(registry.services), lease_seconds=10.0)
-    journal = journal_from_url(url)
-    await journal.open()
-    yield journal, config
-    await journal.close()
-
-
-async def create(journal: Journal, owner: str, faults: dict[str, str]) -> list[ev.Event]:
-    """A new execution leased to ``owner`` (fence 1), as the API creates one."""
-    execution_id, now = uuid.uuid4().hex, time.time()
-    started = ev.ExecutionStarted(at=now, execution_id=execution_id, saga=SAGA, version=1,
-                                  input={"order_id": f"ORD-{execution_id[:10]}",
-                                         "faults": faults})
-    await journal.create_execution(NewExecution(execution_id, SAGA, 1, now), [started],
-                                   owner=owner, lease_until=now + 10.0)
-    return [started]
-
-
-async def events_of(journal: Journal, execution_id: str) -> list[ev.Event]:
-    return [stored.event for stored in await journal.read(execution_id)]
-
-
-async def until_started(journal: Journal, execution_id: str, step: str) -> None:
-    for _ in range(400):
-        if any(isinstance(e, ev.StepAttemptStarted) and e.step == step
-               for e in await events_of(journal, execution_id)):
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"{step} of {execution_id} never started")
-
-
-async def charges(demo_services: dict[str, str], execution_id: str) -> list[dict[str, Any]]:
-    async with aiohttp.ClientSession() as session, \
-            session.get(f"{demo_services['payments']}/_ledger") as response:
-        entries = (await response.json())["entries"]
-    return [e for e in entries if e["idempotency_key"] == f"{execution_id}:charge_payment:action"]
+from coordinator.journal.base import Journal
+from tests.runtime.hostcore import charges, create, events_of, until_started
 
 
 async def test_a_start_reaching_a_draining_host_gives_its_lease_back(

@@ -251,3 +251,30 @@ async def test_waited_start_answers_from_the_hosts_feed_as_a_read_would(
     monkeypatch.undo()
     for answer in answers:
         assert await api.wait(answer["execution_id"], 0) == answer
+
+
+async def test_a_start_journals_its_opening_round_for_a_host_whose_node_it_knows(
+        api: Api) -> None:
+    """With the node of every host learnt from a hand-over's answer, a start is journaled
+    with its host's assignment and first attempt, which that host sends as they are."""
+    service = api.stack.stack.service  # type: ignore[attr-defined]
+    for _ in range(20):  # each host answers a hand-over with its node
+        if all(service.pool.node_of(host) for host in service.pool.names):
+            break
+        await api.run("faulty_order", order())
+    nodes = {host: service.pool.node_of(host) for host in service.pool.names}
+    assert all(nodes.values()), nodes
+    view = await api.run("faulty_order", order())
+    assert view["status"] == "completed", view
+    status, body = await api.get(f"/v1/executions/{view['execution_id']}/events")
+    assert status == 200, body
+    events = body["events"]
+    first = events[:4]
+    assert [e["type"] for e in first] == ["execution_started", "host_assigned",
+                                          "step_attempt_started", "step_attempt_succeeded"]
+    assigned = first[1]
+    assert nodes[assigned["host"]] == assigned["node_id"] == view["placement"]["node_id"]
+    assert first[2]["step"] == ORDER_STEPS[0] and first[2]["attempt"] == 1
+    assert first[0]["at"] == first[1]["at"] == first[2]["at"]  # one write, by the API
+    assert sum(e["type"] == "host_assigned" for e in events) == 1
+    assert all(s["attempts"] == 1 for s in view["steps"])

@@ -67,6 +67,17 @@ def test_a_compensated_saga_plans_steps_compensations_and_their_links() -> None:
     assert "4111" not in repr([s.__dict__ for s in spans.values()])
 
 
+def test_no_step_span_starts_before_its_saga_span() -> None:
+    """The API journals a start's opening round at a time read just before the saga
+    span's start; a host on another node may run behind too."""
+    definition = saga(THREE_STEPS)
+    sim = Simulation(definition, lambda _: ok(), now=IDS.start_ns / 1e9 - 0.002)
+    sim.run()
+    spans = by_name(plan_spans(definition, IDS, sim.journal))
+    assert spans["step a"].start_ns == IDS.start_ns == spans["saga test_saga"].start_ns
+    assert all(span.start_ns >= IDS.start_ns for span in spans.values())
+
+
 def test_a_retry_is_an_event_on_its_step_with_the_due_time() -> None:
     definition = saga(THREE_STEPS)
     calls: list[str] = []
