@@ -70,12 +70,21 @@ def describe(reply: Reply) -> str:
     return f"{text}: {detail}"[:500] if detail else text
 
 
+def classify_action(step: Step, reply: Reply) -> tuple[Literal["succeeded"] | FailureOutcome,
+                                                     bool]:
+    """:func:`classify` with the step's own success and retryable statuses."""
+    return classify(reply, step.success_status or DEFAULT_SUCCESS,
+                    step.retry_on or DEFAULT_RETRYABLE)
+
+
+def classify_compensation(reply: Reply) -> tuple[Literal["succeeded"] | FailureOutcome, bool]:
+    return classify(reply, COMPENSATION_DONE, DEFAULT_RETRYABLE)
+
+
 def judge_action(
     step: Step, attempt: int, reply: Reply, at: float
 ) -> StepAttemptSucceeded | StepAttemptFailed:
-    outcome, retry_allowed = classify(
-        reply, step.success_status or DEFAULT_SUCCESS, step.retry_on or DEFAULT_RETRYABLE
-    )
+    outcome, retry_allowed = classify_action(step, reply)
     if outcome == "succeeded":
         return StepAttemptSucceeded(
             at=at, step=step.name, attempt=attempt, status_code=reply.status_code, output=reply.body
@@ -89,7 +98,7 @@ def judge_action(
 def judge_compensation(
     step: Step, attempt: int, reply: Reply, at: float
 ) -> CompensationSucceeded | CompensationFailed:
-    outcome, retry_allowed = classify(reply, COMPENSATION_DONE, DEFAULT_RETRYABLE)
+    outcome, retry_allowed = classify_compensation(reply)
     if outcome == "succeeded":
         return CompensationSucceeded(
             at=at, step=step.name, attempt=attempt, status_code=reply.status_code

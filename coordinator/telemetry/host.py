@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,7 +33,7 @@ from coordinator import __version__
 from coordinator.core import events as ev
 from coordinator.core.commands import Invoke
 from coordinator.core.definition import SagaDefinition
-from coordinator.core.outcomes import Reply, judge_action, judge_compensation
+from coordinator.core.outcomes import Reply, classify_action, classify_compensation
 from coordinator.core.state import ExecutionState
 from coordinator.telemetry.history import (
     Attributes,
@@ -159,17 +158,13 @@ class HostTracing:
                                    failure_reason(outcome, reply.status_code, reply.error)))
 
     def _outcome(self, state: ExecutionState, command: Invoke, reply: Reply) -> str:
+        # The runner's judgement, without building its event (and copying the body).
         definition = self._definitions.get((state.saga, state.version))
         if definition is None:
             return "unknown"
-        step, now = definition.step_map[command.step], time.time()
         if command.phase == "compensation":
-            judged_undo = judge_compensation(step, command.attempt, reply, now)
-            if isinstance(judged_undo, ev.CompensationFailed):
-                return judged_undo.outcome
-            return "succeeded"
-        judged = judge_action(step, command.attempt, reply, now)
-        return judged.outcome if isinstance(judged, ev.StepAttemptFailed) else "succeeded"
+            return classify_compensation(reply)[0]
+        return classify_action(definition.step_map[command.step], reply)[0]
 
 
 def _context(ids: SagaIds, span_id: int, remote: bool = False) -> Context:
