@@ -26,7 +26,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.core import events as ev
@@ -37,10 +36,11 @@ from coordinator.core.replay import apply, replay
 from coordinator.core.state import ExecutionState
 from coordinator.faults import FaultPoints
 from coordinator.finish_feed import FinishFeed
-from coordinator.invoker import Endpoint, HttpInvoker
+from coordinator.host_config import HostConfig
+from coordinator.invoker import HttpInvoker
 from coordinator.journal.base import Journal, SequenceConflict
 from coordinator.journal.factory import journal_from_url
-from coordinator.leases import DEFAULT_LEASE_SECONDS, LeaseKeeper
+from coordinator.leases import LeaseKeeper
 from coordinator.metrics.host import HostMetrics
 from coordinator.runner import ExecutionRunner
 from coordinator.telemetry import host_tracing
@@ -48,24 +48,6 @@ from coordinator.views import execution_view
 
 log = logging.getLogger(__name__)
 Answer = dict[str, str | None]
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """Everything a host needs, shipped to its Ray actor once at creation."""
-
-    journal_url: str
-    definitions: tuple[SagaDefinition, ...]
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    pool_size: int = 512
-    # The API's OTEL_* settings: a host on another node does not share its environment.
-    otel_env: dict[str, str] = field(default_factory=dict)
-    lease_seconds: float = DEFAULT_LEASE_SECONDS
-    # Test-only crash injection: checkpoint name -> probability of a hard exit.
-    fault_points: dict[str, float] = field(default_factory=dict)
-    # How long a draining host lets attempts in flight reply before abandoning them
-    # (the next host re-sends them with the same idempotency key).
-    drain_seconds: float = 5.0
 
 
 class HostCore:

@@ -14,7 +14,8 @@ from typing import Any
 import ray
 
 from coordinator.core import events as ev
-from coordinator.host_core import Answer, HostConfig, HostCore
+from coordinator.host_config import HostConfig
+from coordinator.host_core import Answer, HostCore
 from coordinator.telemetry import adopt_otel_env
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from coordinator.host_core import HostConfig
+from coordinator.host_config import HostConfig
 from coordinator.hosts import SagaHost
 from coordinator.scaling import ScalePolicy
 

@@ -20,7 +20,8 @@ from ray.exceptions import RayActorError
 from coordinator.core import events as ev
 from coordinator.core.definition import Placement as PlacementKind
 from coordinator.handover import HandOverQueue
-from coordinator.hosts import DedicatedHost, HostConfig
+from coordinator.host_config import HostConfig
+from coordinator.hosts import DedicatedHost
 from coordinator.journal.base import Journal
 from coordinator.membership import host_name
 from coordinator.pool_hashing import rendezvous

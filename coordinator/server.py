@@ -30,7 +30,7 @@ from coordinator.admission import (
 from coordinator.api import create_app
 from coordinator.auth import ApiTokens, auth_middleware, check_exposure
 from coordinator.executions import ExecutionService, SagaCatalog
-from coordinator.hosts import HostConfig
+from coordinator.host_config import HostConfig
 from coordinator.invoker import Endpoint
 from coordinator.journal.base import Journal
 from coordinator.journal.factory import journal_from_url

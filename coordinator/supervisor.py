@@ -28,7 +28,7 @@ from typing import Any
 
 import ray
 
-from coordinator.host_core import HostConfig
+from coordinator.host_config import HostConfig
 from coordinator.journal.base import ExecutionRow, Journal
 from coordinator.journal.factory import journal_from_url
 from coordinator.membership import HostSet

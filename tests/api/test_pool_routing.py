@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator.hosts import HostConfig
+from coordinator.host_config import HostConfig
 from coordinator.pool import HostPool
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from coordinator.host_core import HostConfig
+from coordinator.host_config import HostConfig
 from coordinator.journal.base import Journal
 from tests.conftest import DemoStack
 

@@ -20,7 +20,7 @@ import pytest
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
 from coordinator.core.opening import opening_round
-from coordinator.host_core import HostConfig
+from coordinator.host_config import HostConfig
 from coordinator.journal.base import Journal, NewExecution
 from coordinator.journal.factory import journal_from_url
 from coordinator.loader import load_registry

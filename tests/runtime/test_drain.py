@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from coordinator.core import events as ev
-from coordinator.host_core import HostConfig, HostCore
+from coordinator.host_config import HostConfig
+from coordinator.host_core import HostCore
 from coordinator.journal.base import Journal
 from tests.runtime.hostcore import charges, create, events_of, until_started
 

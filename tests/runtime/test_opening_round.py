@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
-from coordinator.host_core import HostConfig, HostCore
+from coordinator.host_config import HostConfig
+from coordinator.host_core import HostCore
 from coordinator.journal.base import Journal
 from tests.faults.conftest import SAGA
 from tests.runtime.hostcore import charges, create, effects, events_of

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from coordinator.core import events as ev
-from coordinator.host_core import HostConfig, HostCore
+from coordinator.host_config import HostConfig
+from coordinator.host_core import HostCore
 from coordinator.journal.base import Journal, NewExecution, StoredEvent
 from coordinator.journal.factory import journal_from_url
 from coordinator.loader import load_registry
