@@ -4,7 +4,9 @@
 
 Prints calls/s and CPU ms per call in the caller and in the actor's process (from
 /proc), without and with one pydantic event as argument (as ``HostPool.dispatch``
-passes). Context for docs/performance.md: a waited start makes two such calls.
+passes); then the round trip of one call at a time from an asyncio caller (p50,
+p99), the latency a hand-over and a finish-feed answer each add to a saga.
+Context for docs/performance.md: a waited start makes two such calls.
 """
 
 from __future__ import annotations
@@ -50,11 +52,25 @@ async def measure(calls: int = 3000, in_flight: int = 100) -> None:
               f"load {load_before:.2f}-{loadavg()[0]:.2f}")
 
 
+async def round_trips(calls: int = 500) -> None:
+    actor = Echo.remote()  # type: ignore[attr-defined]
+    await asyncio.gather(*(actor.noop.remote("id") for _ in range(200)))
+    took = []
+    for _ in range(calls):
+        began = time.perf_counter()
+        await actor.noop.remote("id")
+        took.append((time.perf_counter() - began) * 1000)
+    took.sort()
+    print(f"one call at a time: round trip p50 {took[len(took) // 2]:.2f} ms, "
+          f"p99 {took[int(len(took) * 0.99)]:.2f} ms over {calls}; load {loadavg()[0]:.2f}")
+
+
 def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="WARNING", object_store_memory=128 * 1024 * 1024)
     try:
         asyncio.run(measure())
+        asyncio.run(round_trips())
     finally:
         ray.shutdown()
 
