@@ -27,8 +27,8 @@ from typing import Any
 
 import aiohttp
 
+from bench.harness import WORK, Child, services_yaml
 from bench.proc_stats import coordinator_memory
-from bench.suite import WORK, Child, services_yaml
 from coordinator.admission import Admission, AdmissionLimits
 from coordinator.journal.sqlite import SQLiteJournal
 from coordinator.pool_hashing import rendezvous
