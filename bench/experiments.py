@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable
+from typing import Any
 
 ENV = "SAGARAY_BENCH_PATCHES"
 PATCHES: dict[str, Callable[[], None]] = {}
@@ -593,3 +594,77 @@ def apply(names: str | None = None) -> list[str]:
 def apply_from_env() -> None:
     """Ray's worker_process_setup_hook: runs in every worker before it takes a task."""
     apply()
+
+
+@patch("time-handover")
+def _time_handover() -> None:
+    """Measures, changes nothing: per hand-over, the time from the API's start to the
+    host's ``start_many`` and to the runner's first send, appended to
+    ``$SAGARAY_TIME_HANDOVER_DIR/handover-<pid>.txt`` (one line per execution)."""
+    import os
+    import time
+
+    from coordinator import host_core, runner
+
+    folder = os.environ.get("SAGARAY_TIME_HANDOVER_DIR", "/tmp")
+    original_start_many = host_core.HostCore.start_many
+    original_spawn = runner.ExecutionRunner._spawn
+    entered: dict[str, float] = {}
+
+    async def start_many(self: host_core.HostCore, batch: Any) -> Any:
+        now = time.time()
+        for item in batch:
+            entered[item[0]] = now
+        return await original_start_many(self, batch)
+
+    def spawn(self: runner.ExecutionRunner, command: Any) -> None:
+        original_spawn(self, command)
+        began = entered.pop(self.execution_id, None)
+        if began is not None:
+            started = self.state.created_at
+            with open(f"{folder}/handover-{os.getpid()}.txt", "a") as out:
+                out.write(f"{(began - started) * 1000:.3f} {(time.time() - started) * 1000:.3f}\n")
+
+    host_core.HostCore.start_many = start_many  # type: ignore[method-assign]
+    runner.ExecutionRunner._spawn = spawn  # type: ignore[method-assign]
+
+
+@patch("handover-calls-4")
+def _handover_calls_4() -> None:
+    """Up to 4 ``start_many`` calls in flight per host instead of 1 (smaller batches,
+    less waiting behind the previous call's round trip)."""
+    from coordinator import handover
+
+    def put(self: Any, execution_id: str, events: Any, fence: Any = None,
+            report_to: Any = None) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._items.append(((execution_id, events, fence, report_to), future))
+        pump(self)
+        return future
+
+    def pump(self: Any) -> None:
+        calls = getattr(self, "_calls", 0)
+        while self._items and calls < 4:
+            batch = self._items[:handover.MAX_BATCH]
+            self._items = self._items[handover.MAX_BATCH:]
+            calls += 1
+            asyncio.get_running_loop().create_task(call(self, batch))
+        self._calls = calls
+
+    async def call(self: Any, batch: Any) -> None:
+        try:
+            answers = await self._start_many([item for item, _ in batch])
+        except Exception as error:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+        else:
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():
+                    future.set_result(dict(answer))
+        finally:
+            self._calls -= 1
+            pump(self)
+
+    handover.HandOverQueue.put = put  # type: ignore[method-assign]
