@@ -191,9 +191,9 @@ class ExecutionService:
         host checks the assignment names it, and treats a stale one as a takeover.
         """
         node = self.pool.node_of(owner) if owner is not None else None
-        if node is None:
+        if owner is None or node is None:
             return []
-        return opening_round(definition, started, now, owner or "", node)
+        return opening_round(definition, started, now, owner, node)
 
     async def _waited_start(self, definition: SagaDefinition, state: ExecutionState,
                             seconds: float) -> dict[str, Any]:

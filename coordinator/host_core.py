@@ -8,6 +8,8 @@
   one paused past its lease) the journal refuses this host's late writes.
 - Builds each runner's state from the journal (or from the start events the API
   hands over, saving a read when this is the first claim); it never invents history.
+  Handed-over events that hold an opening round for this host and node
+  (``core.opening``) have their attempts sent as they are, with no write before.
 - ``start`` is idempotent: an execution that already runs here, is terminal, or
   is owned by another live host is left alone.
 - Retries nothing itself: the runner and the core own retries. If the host dies,
