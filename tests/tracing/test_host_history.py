@@ -13,6 +13,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,11 @@ from coordinator.core import events as ev
 from coordinator.host_config import HostConfig
 from coordinator.host_core import HostCore
 from coordinator.journal.base import Journal, NewExecution, StoredEvent
-from coordinator.journal.factory import journal_from_url
-from coordinator.loader import load_registry
-from coordinator.server import endpoints_of
 from coordinator.telemetry.history import plan_spans
 from coordinator.telemetry.ids import SagaIds
 from coordinator.telemetry.setup import host_provider
-from services.runner import write_services_file
-from tests.faults.conftest import SAGA, write_crash_order
+from tests.faults.conftest import SAGA
+from tests.runtime.hostcore import host_journal, until_started
 from tests.tracing.receiver import OtlpReceiver, ReceivedSpan
 
 Setup = tuple[Journal, HostConfig, OtlpReceiver]
@@ -39,24 +37,14 @@ Setup = tuple[Journal, HostConfig, OtlpReceiver]
 async def traced_core(demo_services: dict[str, str], tmp_path: Path) -> AsyncIterator[Setup]:
     receiver = OtlpReceiver()
     await receiver.start()
-    await asyncio.to_thread(write_crash_order, tmp_path / "sagas")
-    await asyncio.to_thread(write_services_file, demo_services, tmp_path / "services.yaml")
-    registry = await asyncio.to_thread(load_registry, tmp_path / "sagas",
-                                       tmp_path / "services.yaml")
-    url = f"sqlite:///{tmp_path / 'journal.db'}"
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "50",
             # Its own provider: the key of the process's provider cache is the env.
             "OTEL_RESOURCE_ATTRIBUTES": f"test.run={tmp_path.name}"}
-    config = HostConfig(journal_url=url, definitions=tuple(registry.all()),
-                        endpoints=endpoints_of(registry.services), lease_seconds=10.0,
-                        otel_env=otel, drain_seconds=0.1)
     # Built off the loop (the SDK takes locks); host cores then find it in the cache.
     await asyncio.to_thread(host_provider, otel)
-    journal = journal_from_url(url)
-    await journal.open()
-    yield journal, config, receiver
-    await journal.close()
+    async with host_journal(demo_services, tmp_path) as (journal, config):
+        yield journal, replace(config, otel_env=otel, drain_seconds=0.1), receiver
     await receiver.close()
 
 
@@ -86,15 +74,6 @@ def count_reads(core: HostCore) -> list[str]:
 
     journal.read = counted  # type: ignore[method-assign]
     return reads
-
-
-async def until_started(journal: Journal, execution_id: str, step: str) -> None:
-    for _ in range(400):
-        if any(isinstance(s.event, ev.StepAttemptStarted) and s.event.step == step
-               for s in await journal.read(execution_id)):
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"{step} of {execution_id} never started")
 
 
 def shape(span: Any) -> tuple[str, str, str, int, int]:
