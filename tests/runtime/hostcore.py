@@ -1,7 +1,7 @@
 """One host core in the test process: real SQLite journal, real demo services, no Ray.
 
 Shared by the tests that pin a host core's rules down step by step (draining, the
-opening round); the ``host_setup`` fixture lives in this folder's conftest.
+opening round); the ``setup`` fixture in this folder's conftest builds on it.
 """
 
 from __future__ import annotations
