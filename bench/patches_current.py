@@ -85,9 +85,8 @@ def _no_host_history() -> None:
             return await original(self, runner)
         state = await runner.run()
         if state.terminal and not runner.fenced_out:
-            async def read() -> list[object]:
-                return [s.event for s in await self._journal.read(state.execution_id)]
-            self._tracing.execution_ended(state, read)  # type: ignore[arg-type]
+            history = [s.event for s in await self._journal.read(state.execution_id)]
+            self._tracing.execution_ended(state, history)
         return state
 
     host_core.HostCore._drive = drive  # type: ignore[assignment,method-assign]

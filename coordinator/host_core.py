@@ -355,8 +355,7 @@ class HostCore:
         state = await runner.run()
         if self._tracing is not None and state.terminal and not runner.fenced_out:
             # Registered before this task ends, so close() (a dedicated host's exit) waits.
-            history = runner.history if runner.history is not None else []
-            self._tracing.execution_ended(state, lambda: _known(history))
+            self._tracing.execution_ended(state, runner.history or [])
         return state
 
     def _lost(self, execution_id: str) -> None:
@@ -400,7 +399,3 @@ class HostCore:
         self.finished += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("runner of %s stopped: %r", execution_id, task.exception())
-
-
-async def _known(events: Sequence[ev.Event]) -> Sequence[ev.Event]:
-    return events

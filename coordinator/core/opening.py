@@ -32,8 +32,7 @@ def opening_round(definition: SagaDefinition, started: ev.ExecutionStarted, now:
     apply(definition, state, assigned)
     commands = decide(definition, state, now)
     invokes = [c for c in commands if isinstance(c, Invoke)]
-    if not invokes or len(invokes) + sum(isinstance(c, WaitUntil) for c in commands) \
-            != len(commands):
+    if not invokes or not all(isinstance(c, Invoke | WaitUntil) for c in commands):
         return []
     return [assigned, *(invoke.started(now) for invoke in invokes)]
 

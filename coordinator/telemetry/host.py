@@ -46,7 +46,6 @@ from coordinator.telemetry.ids import SagaIds, attempt_parent, span_phase
 from coordinator.telemetry.setup import flush, host_provider, preset_span_id
 
 log = logging.getLogger(__name__)
-History = Callable[[], Awaitable[Sequence[ev.Event]]]
 # Trace context only: W3C baggage from the caller is not passed on to services.
 _PROPAGATOR = TraceContextTextMapPropagator()
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -102,8 +101,9 @@ class HostTracing:
             span.set_attributes(url_attributes(url))
         _PROPAGATOR.inject(headers)
 
-    def execution_ended(self, state: ExecutionState, history: History) -> None:
-        """Emit the saga's long-lived spans from its journal, without delaying the host."""
+    def execution_ended(self, state: ExecutionState, history: Sequence[ev.Event]) -> None:
+        """Emit the saga's long-lived spans from its history (the journal's events of the
+        execution), in a task of their own so the host's finish is not delayed."""
         ids = SagaIds.from_trace(state.trace)
         definition = self._definitions.get((state.saga, state.version))
         if ids is None or definition is None:
@@ -120,9 +120,9 @@ class HostTracing:
         await flush(self._provider)
 
     async def _finish(self, execution_id: str, definition: SagaDefinition, ids: SagaIds,
-                      history: History) -> None:
+                      history: Sequence[ev.Event]) -> None:
         try:
-            planned = plan_spans(definition, ids, await history())
+            planned = plan_spans(definition, ids, history)
             # No flush here: a forced export per saga defeats batching (it cost a third
             # of the tracing overhead); spans leave on the batch schedule or at close.
             for span in planned:
