@@ -72,6 +72,20 @@ def _no_opening_round() -> None:
     ExecutionService._opening = no_opening  # type: ignore[assignment,method-assign]
 
 
+@patch("no-host-link")
+def _no_host_link() -> None:
+    """Hand-overs and finish-feed polls over Ray actor calls only (as before the link)."""
+    from coordinator.pool import HostPool
+
+    original = HostPool._learn_node
+
+    def learn_node(self: HostPool, name: str, answer: dict[str, str | None]) -> None:
+        answer.pop("link", None)
+        original(self, name, answer)
+
+    HostPool._learn_node = learn_node  # type: ignore[method-assign]
+
+
 @patch("no-host-history")
 def _no_host_history() -> None:
     """Tracing on: the hosts re-read each finished saga's journal for its spans (as before)."""

@@ -187,6 +187,11 @@ def _serve_arguments(parser: argparse.ArgumentParser) -> None:
                         default=env("SAGARAY_MAX_IN_FLIGHT_PER_HOST", "10000"), metavar="N",
                         help="executions in flight per SagaHost before starts get 429 "
                              "(default 10000)")
+    parser.add_argument("--no-host-link", dest="host_link", action="store_false",
+                        default=not _env_flag("SAGARAY_NO_HOST_LINK"),
+                        help="hand executions over and follow their ends by Ray actor "
+                             "calls only, not over each host's direct TCP link (for "
+                             "networks where API processes cannot reach hosts' ports)")
 
 
 def _positive(text: str) -> int:
@@ -213,7 +218,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         namespace=args.namespace,
         jaeger_url=args.jaeger_url, lease_seconds=args.lease_seconds,
         api_tokens=load_tokens(args.api_tokens), insecure=args.insecure,
-        max_in_flight=args.max_in_flight, max_in_flight_per_host=args.max_in_flight_per_host)
+        max_in_flight=args.max_in_flight, max_in_flight_per_host=args.max_in_flight_per_host,
+        host_link=args.host_link)
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -25,3 +25,6 @@ class HostConfig:
     # How long a draining host lets attempts in flight reply before abandoning them
     # (the next host re-sends them with the same idempotency key).
     drain_seconds: float = 5.0
+    # Hand-overs and finish-feed polls over a direct TCP link (``host_link.py``)
+    # instead of Ray actor calls; off, or when the link is down, they go over Ray.
+    host_link: bool = True

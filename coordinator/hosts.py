@@ -16,6 +16,8 @@ import ray
 from coordinator.core import events as ev
 from coordinator.host_config import HostConfig
 from coordinator.host_core import Answer, HostCore
+from coordinator.host_link import LinkServer
+from coordinator.link_codec import host_handlers
 from coordinator.telemetry import adopt_otel_env
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,14 @@ def _restarted() -> bool:
             return bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:
         return False
+
+
+def _node_ip() -> str:
+    """The address other nodes reach this one at (loopback outside a cluster)."""
+    try:
+        return str(ray.util.get_node_ip_address())
+    except Exception:
+        return "127.0.0.1"
 
 
 def _node_id() -> str | None:
@@ -51,9 +61,14 @@ class SagaHost:
         adopt_otel_env(config.otel_env)
         self.core = HostCore(host_id, config, _node_id())
         self._recovery: asyncio.Task[int] | None = None
+        # Ray runs an async actor's __init__ on its event loop.
+        loop = asyncio.get_running_loop()
         if _restarted():
-            # Ray runs an async actor's __init__ on its event loop.
-            self._recovery = asyncio.get_running_loop().create_task(self.core.recover())
+            self._recovery = loop.create_task(self.core.recover())
+        self._link = LinkServer(host_handlers(self.core)) if config.host_link else None
+        self._listening: asyncio.Task[str] | None = None
+        if self._link is not None:
+            self._listening = loop.create_task(self._link.start(_node_ip()))
 
     async def start(self, execution_id: str, events: list[ev.Event] | None = None) -> Answer:
         return await self.core.start(execution_id, events)
@@ -61,7 +76,13 @@ class SagaHost:
     async def start_many(
         self, batch: list[tuple[str, list[ev.Event] | None, int | None, str | None]]
     ) -> list[Answer]:
-        return await self.core.start_many(batch)
+        """As :meth:`HostCore.start_many`; each answer also names this host's link
+        (``link``, ``link_key``) once it listens, for the caller's next calls."""
+        answers = await self.core.start_many(batch)
+        if self._link is not None and self._link.address is not None:
+            for answer in answers:
+                answer["link"], answer["link_key"] = self._link.address, self._link.key
+        return answers
 
     async def finished_since(self, incarnation: str | None, cursor: int | None,
                              timeout: float, reader: str | None = None) -> dict[str, Any]:
@@ -77,7 +98,10 @@ class SagaHost:
         return await self.core.wait(execution_id, timeout)
 
     async def stats(self) -> dict[str, Any]:
-        return self.core.stats()
+        """The core's counters, and the link's address and calls served (never its key)."""
+        link = None if self._link is None else {"address": self._link.address,
+                                                 "calls": self._link.served}
+        return {**self.core.stats(), "link": link}
 
     async def traffic(self) -> dict[str, Any]:
         """``HttpInvoker.traffic_snapshot()`` of this host (instances, bulkheads)."""

@@ -21,8 +21,17 @@ from coordinator.core import events as ev
 from coordinator.core.definition import Placement as PlacementKind
 from coordinator.handover import HandOverQueue
 from coordinator.host_config import HostConfig
+from coordinator.host_link import LinkClient, LinkDown, LinkRefused
 from coordinator.hosts import DedicatedHost
 from coordinator.journal.base import Journal
+from coordinator.link_codec import (
+    FINISHED_SINCE,
+    START_MANY,
+    decode_answers,
+    decode_feed,
+    encode_batch,
+    encode_poll,
+)
 from coordinator.membership import host_name
 from coordinator.pool_hashing import rendezvous
 from coordinator.scaling import ScalePolicy
@@ -67,6 +76,8 @@ class HostPool:
         self._queues: dict[str, HandOverQueue] = {}
         # Each host's node as its last hand-over answered; dropped when it fails one.
         self._nodes: dict[str, str] = {}
+        # Each host's direct link (host_link.py), as its last Ray hand-over named it.
+        self._links: dict[str, LinkClient] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     @property
@@ -104,6 +115,8 @@ class HostPool:
             del self._queues[gone]
         for gone in self._nodes.keys() - set(self._names):
             del self._nodes[gone]
+        for gone in self._links.keys() - set(self._names):
+            self._links.pop(gone).close()
 
     async def _refresh_forever(self, seconds: float) -> None:
         while True:
@@ -132,6 +145,11 @@ class HostPool:
         actor = self._handles.get(host)
         if actor is None:
             raise LookupError(f"{host} is not in the pool any more")
+        link = self._links.get(host)
+        if link is not None:
+            with contextlib.suppress(LinkDown, LinkRefused):
+                return decode_feed(await link.call(
+                    FINISHED_SINCE, encode_poll(incarnation, cursor, timeout, reader)))
         return dict(await actor.finished_since.remote(incarnation, cursor, timeout, reader))
 
     def node_of(self, host: str) -> str | None:
@@ -183,9 +201,19 @@ class HostPool:
         return answer
 
     def _learn_node(self, name: str, answer: dict[str, str | None]) -> None:
+        """Note the node and the link a host's answer names; the link's key goes no
+        further than this pool (the answer is the caller's)."""
+        address, key = answer.pop("link", None), answer.pop("link_key", None)
+        if answer.get("host") != name:
+            return
         node = answer.get("node_id")
-        if node and answer.get("host") == name:
+        if node:
             self._nodes[name] = node
+        known = self._links.get(name)
+        if address and key and (known is None or not known.same(address, key)):
+            if known is not None:
+                known.close()
+            self._links[name] = LinkClient(address, key)
 
     def _route(self, execution_id: str, fence: int | None, leased_to: str | None) -> str:
         """The host for a hand-over: the one holding its lease while that one is in
@@ -199,8 +227,14 @@ class HostPool:
         queue = self._queues.get(name)
         if queue is None:
             # Looked up at each call: a host re-created under the same name gets a new handle.
-            def start_many(batch: list[Any]) -> Any:
-                return self._handles[name].start_many.remote(batch)
+            async def start_many(batch: list[Any]) -> Any:
+                link = self._links.get(name)
+                if link is not None:
+                    # Down or refused: Ray's call is safe after it, a host's start is
+                    # idempotent.
+                    with contextlib.suppress(LinkDown, LinkRefused):
+                        return decode_answers(await link.call(START_MANY, encode_batch(batch)))
+                return await self._handles[name].start_many.remote(batch)
 
             queue = self._queues[name] = HandOverQueue(start_many)
         return queue
@@ -209,6 +243,9 @@ class HostPool:
         """A host failed a hand-over; release its lease if it left the pool."""
         self._queues.pop(name, None)
         self._nodes.pop(name, None)  # restarted, maybe on another node: learn it again
+        link = self._links.pop(name, None)
+        if link is not None:
+            link.close()
         await self.refresh()
         if fence is not None and self._journal is not None and name not in self._names \
                 and name not in self._draining:
@@ -276,6 +313,9 @@ class HostPool:
         """Stop refreshing the membership (the actors stay: they are shared)."""
         if self._refresher is not None:
             self._refresher.cancel()
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
 
     def shutdown(self) -> None:
         """Kill the supervisor first (so it creates no more hosts), then every host."""

@@ -79,6 +79,7 @@ class ServeOptions:
     insecure: bool = False
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_in_flight_per_host: int = DEFAULT_MAX_IN_FLIGHT_PER_HOST
+    host_link: bool = True
 
 
 @dataclass
@@ -179,7 +180,7 @@ async def build_stack(options: ServeOptions, registry: Registry | None = None) -
                         endpoints=endpoints_of(registry.services), otel_env=otel,
                         lease_seconds=options.lease_seconds,
                         fault_points=dict(options.fault_points),
-                        drain_seconds=options.drain_seconds)
+                        drain_seconds=options.drain_seconds, host_link=options.host_link)
     journal = journal_from_url(options.journal_url)
     await journal.open()
     pool = HostPool(config, scale_policy(options), namespace=options.namespace,
