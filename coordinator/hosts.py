@@ -54,7 +54,9 @@ class SagaHost:
     """A long-lived async actor running many executions (``placement: shared``).
 
     Created, drained and stopped by the supervisor (``coordinator/supervisor.py``);
-    ``drain`` is idempotent and may be called again after a restart.
+    ``drain`` is idempotent and may be called again after a restart. With
+    ``HostConfig.host_link`` it also serves ``start_many`` and ``finished_since`` on
+    its direct link (``coordinator/host_link.py``), named in its Ray answers.
     """
 
     def __init__(self, host_id: str, config: HostConfig) -> None:
