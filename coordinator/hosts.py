@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from coordinator.core import events as ev
+from coordinator.gc_tuning import relax_gc
 from coordinator.host_config import HostConfig
 from coordinator.host_core import Answer, HostCore
 from coordinator.host_link import LinkServer
@@ -62,6 +63,7 @@ class SagaHost:
     def __init__(self, host_id: str, config: HostConfig) -> None:
         adopt_otel_env(config.otel_env)
         self.core = HostCore(host_id, config, _node_id())
+        relax_gc()  # this process is this actor's alone, for its whole life
         self._recovery: asyncio.Task[int] | None = None
         # Ray runs an async actor's __init__ on its event loop.
         loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ from coordinator.admission import (
 from coordinator.api import create_app
 from coordinator.auth import ApiTokens, auth_middleware, check_exposure
 from coordinator.executions import ExecutionService, SagaCatalog
+from coordinator.gc_tuning import relax_gc
 from coordinator.host_config import HostConfig
 from coordinator.invoker import Endpoint
 from coordinator.journal.base import Journal
@@ -175,6 +176,7 @@ def load(options: ServeOptions) -> Registry:
 async def build_stack(options: ServeOptions, registry: Registry | None = None) -> Stack:
     if registry is None:
         registry = await asyncio.to_thread(load, options)
+    relax_gc()
     otel = otel_env(options.otel_env)
     config = HostConfig(journal_url=options.journal_url, definitions=tuple(registry.all()),
                         endpoints=endpoints_of(registry.services), otel_env=otel,
