@@ -263,11 +263,13 @@ def _handover_calls_4() -> None:
     handover.HandOverQueue.put = put  # type: ignore[method-assign]
 
 
-@patch("gc-relaxed")
-def _gc_relaxed() -> None:
-    """The cyclic GC less often: what is loaded at start is frozen (never scanned again),
-    and a young-generation collection waits for 20,000 allocations instead of 700."""
-    import gc
+@patch("no-gc-relaxed")
+def _no_gc_relaxed() -> None:
+    """CPython's default cyclic GC (threshold 700, nothing frozen), as before gc_tuning.py."""
+    from coordinator import hosts, server
 
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    def default_gc() -> None:
+        return None
+
+    hosts.relax_gc = default_gc  # type: ignore[attr-defined]
+    server.relax_gc = default_gc  # type: ignore[attr-defined]
