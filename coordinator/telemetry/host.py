@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
-    Span,
     SpanContext,
     SpanKind,
     Status,
@@ -43,19 +45,24 @@ from coordinator.telemetry.history import (
     saga_attributes,
 )
 from coordinator.telemetry.ids import SagaIds, attempt_parent, span_phase
-from coordinator.telemetry.setup import flush, host_provider, preset_span_id
+from coordinator.telemetry.setup import ExportingProvider, flush, host_provider
 
 log = logging.getLogger(__name__)
 # Trace context only: W3C baggage from the caller is not passed on to services.
 _PROPAGATOR = TraceContextTextMapPropagator()
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _KINDS = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT}
+# The attempt being sent in this task: its span's context and attributes (on_send adds
+# the URL's), so the invoker's hook needs no live span.
+_ATTEMPT: ContextVar[tuple[SpanContext, Attributes] | None] = ContextVar(
+    "sagaray_attempt", default=None)
 
 
 class HostTracing:
-    def __init__(self, provider: TracerProvider, definitions: Iterable[SagaDefinition]) -> None:
+    def __init__(self, provider: ExportingProvider,
+                 definitions: Iterable[SagaDefinition]) -> None:
         self._provider = provider
-        self._tracer = provider.get_tracer("sagaray.host", __version__)
+        self._scope = InstrumentationScope("sagaray.host", __version__)
         self._definitions = {(d.name, d.version): d for d in definitions}
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -67,12 +74,15 @@ class HostTracing:
     async def around_attempt(
         self, state: ExecutionState, command: Invoke, send: Callable[[], Awaitable[Reply]]
     ) -> Reply:
-        """Send one attempt inside its client span, a child of its step's span."""
+        """Send one attempt as its client span, a child of its step's span.
+
+        The span is built whole once the reply is in (its id is derived from the
+        attempt's identity, so the request names it before it exists)."""
         ids = SagaIds.from_trace(state.trace)
         if ids is None:  # started while the API did not trace
             return await send()
         phase = span_phase(command.recovering, command.phase)
-        parent = _context(ids, attempt_parent(ids, state, command.step, phase))
+        parent = _span_context(ids, attempt_parent(ids, state, command.step, phase))
         attributes: Attributes = {
             **saga_attributes(state), "saga.step": command.step, "saga.phase": command.phase,
             "saga.attempt": command.attempt, "saga.service": command.request.service,
@@ -80,26 +90,31 @@ class HostTracing:
         }
         if command.recovering:
             attributes["saga.recovering"] = True
-        with preset_span_id(ids.attempt_span_id(command.step, command.phase, command.attempt)):
-            span = self._tracer.start_span(command.request.method, context=parent,
-                                           kind=SpanKind.CLIENT, attributes=attributes)
+        name = command.request.method
+        context = self._child(ids, parent, ids.attempt_span_id(
+            command.step, command.phase, command.attempt), name, SpanKind.CLIENT, attributes)
+        start = time.time_ns()
+        token = _ATTEMPT.set((context, attributes))
         try:
-            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                reply = await send()
+            reply = await send()
         except BaseException as error:
-            span.set_status(Status(StatusCode.ERROR, f"attempt abandoned: {type(error).__name__}"))
-            span.end()
+            self._export(name, context, parent, attributes, SpanKind.CLIENT, start, Status(
+                StatusCode.ERROR, f"attempt abandoned: {type(error).__name__}"))
             raise
-        self._record(span, state, command, reply)
-        span.end()
+        finally:
+            _ATTEMPT.reset(token)
+        status = self._record(attributes, state, command, reply)
+        self._export(name, context, parent, attributes, SpanKind.CLIENT, start, status)
         return reply
 
     def on_send(self, url: str, headers: dict[str, str]) -> None:
-        """Name the target on the current attempt span and pass its context on."""
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.set_attributes(url_attributes(url))
-        _PROPAGATOR.inject(headers)
+        """Name the target on the current attempt's span and pass its context on."""
+        attempt = _ATTEMPT.get()
+        if attempt is None:
+            return
+        context, attributes = attempt
+        attributes.update(url_attributes(url))
+        _PROPAGATOR.inject(headers, trace.set_span_in_context(NonRecordingSpan(context)))
 
     def execution_ended(self, state: ExecutionState, history: Sequence[ev.Event]) -> None:
         """Emit the saga's long-lived spans from its history (the journal's events of the
@@ -131,31 +146,53 @@ class HostTracing:
             log.exception("could not emit the spans of execution %s", execution_id)
 
     def _emit(self, ids: SagaIds, planned: PlannedSpan) -> None:
-        flags = TraceFlags(ids.trace_flags)
-        links = [Link(SpanContext(ids.trace_id, span_id, is_remote=False, trace_flags=flags))
-                 for span_id in planned.links]
+        links = [Link(_span_context(ids, span_id)) for span_id in planned.links]
         # The saga span's parent lives in the API process; the others' in the journal.
-        context = _context(ids, planned.parent_id, remote=planned.parent_id == ids.parent_span_id)
-        with preset_span_id(planned.span_id):
-            span = self._tracer.start_span(planned.name, context=context, links=links,
-                                           kind=_KINDS[planned.kind],
-                                           attributes=planned.attributes,
-                                           start_time=planned.start_ns)
-        for event in planned.events:
-            span.add_event(event.name, event.attributes, timestamp=event.at_ns)
-        if planned.error is not None:
-            span.set_status(Status(StatusCode.ERROR, planned.error))
-        span.end(end_time=planned.end_ns)
+        parent = _span_context(ids, planned.parent_id,
+                               remote=planned.parent_id == ids.parent_span_id)
+        kind = _KINDS[planned.kind]
+        context = self._child(ids, parent, planned.span_id, planned.name, kind,
+                              planned.attributes, links)
+        status = Status(StatusCode.UNSET) if planned.error is None else Status(
+            StatusCode.ERROR, planned.error)
+        events = [Event(e.name, _present(e.attributes), e.at_ns) for e in planned.events]
+        self._export(planned.name, context, parent, planned.attributes, kind,
+                     planned.start_ns, status, planned.end_ns, events, links)
 
-    def _record(self, span: Span, state: ExecutionState, command: Invoke, reply: Reply) -> None:
+    def _child(self, ids: SagaIds, parent: SpanContext, span_id: int, name: str,
+               kind: SpanKind, attributes: Attributes, links: Sequence[Link] = ()
+               ) -> SpanContext:
+        """The context of a span under ``parent``, sampled as the provider's sampler says."""
+        decision = self._provider.sampler.should_sample(
+            trace.set_span_in_context(NonRecordingSpan(parent)), ids.trace_id, name, kind,
+            attributes, links).decision
+        flags = (parent.trace_flags & ~TraceFlags.SAMPLED) | (
+            TraceFlags.SAMPLED if decision is Decision.RECORD_AND_SAMPLE else 0)
+        return SpanContext(ids.trace_id, span_id, is_remote=False,
+                           trace_flags=TraceFlags(flags), trace_state=parent.trace_state)
+
+    def _export(self, name: str, context: SpanContext, parent: SpanContext,
+                attributes: Attributes, kind: SpanKind, start_ns: int, status: Status,
+                end_ns: int | None = None, events: Sequence[Event] = (),
+                links: Sequence[Link] = ()) -> None:
+        if not context.trace_flags.sampled:
+            return
+        self._provider.export_finished(ReadableSpan(
+            name, context, parent, self._provider.resource, _present(attributes), events,
+            links, kind, status=status, start_time=start_ns,
+            end_time=time.time_ns() if end_ns is None else end_ns,
+            instrumentation_scope=self._scope))
+
+    def _record(self, attributes: Attributes, state: ExecutionState, command: Invoke,
+                reply: Reply) -> Status:
         outcome = self._outcome(state, command, reply)
-        span.set_attribute("saga.outcome", outcome)
+        attributes["saga.outcome"] = outcome
         if reply.status_code is not None:
-            span.set_attribute("http.response.status_code", reply.status_code)
-        if outcome != "succeeded":
-            span.set_attribute("error.type", str(reply.status_code or reply.failure or outcome))
-            span.set_status(Status(StatusCode.ERROR,
-                                   failure_reason(outcome, reply.status_code, reply.error)))
+            attributes["http.response.status_code"] = reply.status_code
+        if outcome == "succeeded":
+            return Status(StatusCode.UNSET)
+        attributes["error.type"] = str(reply.status_code or reply.failure or outcome)
+        return Status(StatusCode.ERROR, failure_reason(outcome, reply.status_code, reply.error))
 
     def _outcome(self, state: ExecutionState, command: Invoke, reply: Reply) -> str:
         # The runner's judgement, without building its event (and copying the body).
@@ -167,11 +204,17 @@ class HostTracing:
         return classify_action(definition.step_map[command.step], reply)[0]
 
 
-def _context(ids: SagaIds, span_id: int, remote: bool = False) -> Context:
+def _span_context(ids: SagaIds, span_id: int, remote: bool = False) -> SpanContext:
     state = TraceState.from_header([ids.tracestate]) if ids.tracestate else None
-    parent = SpanContext(ids.trace_id, span_id, is_remote=remote,
-                         trace_flags=TraceFlags(ids.trace_flags), trace_state=state)
-    return trace.set_span_in_context(NonRecordingSpan(parent))
+    return SpanContext(ids.trace_id, span_id, is_remote=remote,
+                       trace_flags=TraceFlags(ids.trace_flags), trace_state=state)
+
+
+def _present(attributes: Attributes) -> Attributes:
+    """Without None values, which OTLP cannot carry (the SDK drops them too)."""
+    if all(value is not None for value in attributes.values()):
+        return attributes
+    return {key: value for key, value in attributes.items() if value is not None}
 
 
 def url_attributes(url: str) -> Attributes:

@@ -10,19 +10,18 @@ environment, which :func:`coordinator.telemetry.adopt_otel_env` fills in hosts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from typing import Any
 from urllib.parse import unquote
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -36,44 +35,36 @@ from opentelemetry.util.re import parse_env_headers
 
 log = logging.getLogger(__name__)
 
-_PRESET_SPAN_ID: ContextVar[int | None] = ContextVar("sagaray_preset_span_id", default=None)
 _FIXED_SAMPLERS: dict[str, Sampler] = {
     "always_on": ALWAYS_ON,
     "always_off": ALWAYS_OFF,
     "parentbased_always_on": DEFAULT_ON,
     "parentbased_always_off": DEFAULT_OFF,
 }
-_host_providers: dict[tuple[str, tuple[tuple[str, str], ...]], TracerProvider] = {}
+_host_providers: dict[tuple[str, tuple[tuple[str, str], ...]], ExportingProvider] = {}
 
 
-class PresetIdGenerator(IdGenerator):
-    """Random ids, except a span id preset with :func:`preset_span_id` for the next span.
+class ExportingProvider(TracerProvider):
+    """A provider that also exports spans built whole elsewhere (``export_finished``).
 
-    Spans that outlive a process (saga, step, compensation) get ids fixed up front,
-    so that their children, sent earlier or by another host, already name them.
+    A host knows each span's ids, times and attributes up front or after the fact
+    (saga, step and compensation spans come from the journal's events; an attempt's
+    id is derived from its identity), so it builds them as finished spans and hands
+    them straight to the processors: no live span, sampler-free id generation, or
+    attribute cleaning per span on the hot path.
     """
 
-    def __init__(self) -> None:
-        self._random = RandomIdGenerator()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._processors: list[SpanProcessor] = []
 
-    def generate_span_id(self) -> int:
-        preset = _PRESET_SPAN_ID.get()
-        return preset if preset is not None else self._random.generate_span_id()
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self._processors.append(span_processor)
 
-    def generate_trace_id(self) -> int:
-        return self._random.generate_trace_id()
-
-    def is_trace_id_random(self) -> bool:
-        return True
-
-
-@contextlib.contextmanager
-def preset_span_id(span_id: int) -> Iterator[None]:
-    token = _PRESET_SPAN_ID.set(span_id)
-    try:
-        yield
-    finally:
-        _PRESET_SPAN_ID.reset(token)
+    def export_finished(self, span: ReadableSpan) -> None:
+        for processor in self._processors:
+            processor.on_end(span)
 
 
 def new_span_id() -> int:
@@ -83,15 +74,14 @@ def new_span_id() -> int:
 DEFAULT_SCHEDULE_DELAY_MS = 1000.0
 
 
-def build_provider(service_name: str, env: Mapping[str, str]) -> TracerProvider:
+def build_provider(service_name: str, env: Mapping[str, str]) -> ExportingProvider:
     """A provider exporting over OTLP as ``env`` says, for the service ``service_name``."""
     attributes: dict[str, str | int] = dict(_resource_attributes(env))
     # Explicit names win over OTEL_SERVICE_NAME: the API, the hosts and each demo
     # service share one set of settings but are different services.
     attributes.update({"service.name": service_name, "service.instance.id": uuid.uuid4().hex,
                        "process.pid": os.getpid()})
-    provider = TracerProvider(sampler=_sampler(env), resource=Resource.create(attributes),
-                              id_generator=PresetIdGenerator())
+    provider = ExportingProvider(sampler=_sampler(env), resource=Resource.create(attributes))
     # 1 s rather than the SDK's 5 s: a saga's last spans are in Jaeger soon after it ends.
     delay = _number(env, "OTEL_BSP_SCHEDULE_DELAY")
     delay = DEFAULT_SCHEDULE_DELAY_MS if delay is None else delay
@@ -102,7 +92,7 @@ def build_provider(service_name: str, env: Mapping[str, str]) -> TracerProvider:
     return provider
 
 
-def host_provider(env: Mapping[str, str]) -> TracerProvider:
+def host_provider(env: Mapping[str, str]) -> ExportingProvider:
     """The one provider of a host process, however many hosts it carries."""
     from coordinator.telemetry import HOST_SERVICE_NAME
 
