@@ -2,9 +2,10 @@
 
 Why it exists: a start's hand-over and the finish feed's long poll are the two
 calls an API process makes per saga (batched under load). As Ray actor calls they
-cost about 1.3 ms of CPU each (argument binding, pickling, Ray's IO and task
-threads) and 1.9 ms round trip on this project's 2-core machine; over one kept-open
-TCP connection with length-prefixed frames they cost a fraction of that. Ray keeps
+cost about 1.5 ms of CPU each (argument binding, pickling, Ray's IO and task
+threads) and a 2.0 ms round trip on this project's 2-core machine; over one kept-open
+TCP connection with length-prefixed frames, 0.07 ms and 0.23 ms
+(``python -m bench.ray_call_cost``). Ray keeps
 everything else: creating, finding, restarting and draining hosts, and every
 other call. An API process learns a host's link (address and key) from the answer
 to its first hand-over, which travels over Ray's authenticated channel.
