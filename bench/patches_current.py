@@ -273,3 +273,12 @@ def _no_gc_relaxed() -> None:
 
     hosts.relax_gc = default_gc  # type: ignore[attr-defined]
     server.relax_gc = default_gc  # type: ignore[attr-defined]
+
+
+@patch("no-uvloop")
+def _no_uvloop() -> None:
+    """asyncio's own event loop in the API process and the SagaHosts (before uvloop).
+
+    Applied before ``ray.init`` and the API's loop: the raylet, and so every worker,
+    inherits the switch Ray reads when it builds an async actor's loop."""
+    os.environ["RAY_USE_UVLOOP"] = "0"

@@ -219,7 +219,9 @@ def coordinator_main(args: argparse.Namespace) -> None:
              object_store_memory=args.object_store_mb * 1024 * 1024,
              runtime_env=runtime_env or None)
     try:
-        asyncio.run(run_coordinator(args))
+        from coordinator import eventloop
+
+        eventloop.run(run_coordinator(args))
     finally:
         ray.shutdown()
 

@@ -234,7 +234,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"sagaray serve: {error}", file=sys.stderr)
         return EXIT_USAGE
     init_ray(options.ray_address, options.namespace)
-    asyncio.run(serve(options))
+    from coordinator import eventloop
+
+    eventloop.run(serve(options))
     return EXIT_OK
 
 
