@@ -282,3 +282,13 @@ def _no_uvloop() -> None:
     Applied before ``ray.init`` and the API's loop: the raylet, and so every worker,
     inherits the switch Ray reads when it builds an async actor's loop."""
     os.environ["RAY_USE_UVLOOP"] = "0"
+
+
+@patch("switch-1ms")
+def _switch_1ms() -> None:
+    """The GIL changes hands after 1 ms instead of 5 when another thread waits for it:
+    the journal's writer thread (and the span exporter's) need not wait for a busy event
+    loop to give it up."""
+    import sys
+
+    sys.setswitchinterval(0.001)
