@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 import ray
 
@@ -52,31 +53,10 @@ async def measure_link(calls: int = 3000, in_flight: int = 100) -> None:
     event = [ExecutionStarted(at=time.time(), execution_id="e" * 32, saga="s", version=1,
                               input={"order_id": "x"})]
     for label, batch in (("no argument", []), ("one pydantic event", [("id", event, 1, None)])):
-        for _ in range(2):  # warm up
-            await asyncio.gather(*(client.call("noop", encode_batch(batch)) for _ in range(200)))
-        gate = asyncio.Semaphore(in_flight)
-
-        async def one(batch: list = batch, gate: asyncio.Semaphore = gate) -> None:  # type: ignore[type-arg]
-            async with gate:
-                await client.call("noop", encode_batch(batch))
-
-        before, load_before = CpuSnapshot.take(os.getpid()), loadavg()[0]
-        began = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(calls)))
-        elapsed = time.perf_counter() - began
-        used = cpu_delta(before, CpuSnapshot.take(os.getpid()))
-        print(f"link, {label}: {calls / elapsed:.0f} calls/s; CPU ms per call: caller "
-              f"{used['api'] * 1000 / calls:.3f}, actor + Ray daemons "
-              f"{used.get('ray_system', 0.0) * 1000 / calls:.3f}; "
-              f"load {load_before:.2f}-{loadavg()[0]:.2f}")
-    took = []
-    for _ in range(500):
-        began = time.perf_counter()
-        await client.call("noop", encode_batch([]))
-        took.append((time.perf_counter() - began) * 1000)
-    took.sort()
-    print(f"link, one call at a time: round trip p50 {took[len(took) // 2]:.2f} ms, "
-          f"p99 {took[int(len(took) * 0.99)]:.2f} ms over 500; load {loadavg()[0]:.2f}")
+        body = encode_batch(batch)  # type: ignore[arg-type]
+        await rate(f"link, {label}", lambda body=body: client.call("noop", body),
+                   calls, in_flight)
+    await round_trip("link, one call at a time", lambda: client.call("noop", b"[]"))
     client.close()
 
 
@@ -85,37 +65,48 @@ async def measure(calls: int = 3000, in_flight: int = 100) -> None:
     event = [ExecutionStarted(at=time.time(), execution_id="e" * 32, saga="s", version=1,
                               input={"order_id": "x"})]
     for label, arg in (("no argument", None), ("one pydantic event", event)):
-        for _ in range(2):  # warm up
-            await asyncio.gather(*(actor.noop.remote("id", arg) for _ in range(200)))
-        gate = asyncio.Semaphore(in_flight)
-
-        async def one(arg: object = arg, gate: asyncio.Semaphore = gate) -> None:
-            async with gate:
-                await actor.noop.remote("id", arg)
-
-        before, load_before = CpuSnapshot.take(os.getpid()), loadavg()[0]
-        began = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(calls)))
-        elapsed = time.perf_counter() - began
-        used = cpu_delta(before, CpuSnapshot.take(os.getpid()))
-        # The actor's worker is "ray::Echo": classified as ray_system (with Ray's daemons).
-        print(f"{label}: {calls / elapsed:.0f} calls/s; CPU ms per call: caller "
-              f"{used['api'] * 1000 / calls:.3f}, actor + Ray daemons "
-              f"{used.get('ray_system', 0.0) * 1000 / calls:.3f}; "
-              f"load {load_before:.2f}-{loadavg()[0]:.2f}")
+        await rate(label, lambda arg=arg: actor.noop.remote("id", arg), calls, in_flight)
 
 
-async def round_trips(calls: int = 500) -> None:
-    actor = Echo.remote()  # type: ignore[attr-defined]
-    await asyncio.gather(*(actor.noop.remote("id") for _ in range(200)))
+async def rate(label: str, call: Callable[[], Awaitable[object]], calls: int,
+               in_flight: int) -> None:
+    """Calls/s and CPU per call at ``in_flight`` concurrent calls, after a warm-up."""
+    for _ in range(2):
+        await asyncio.gather(*(call() for _ in range(200)))
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with gate:
+            await call()
+
+    before, load_before = CpuSnapshot.take(os.getpid()), loadavg()[0]
+    began = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(calls)))
+    elapsed = time.perf_counter() - began
+    used = cpu_delta(before, CpuSnapshot.take(os.getpid()))
+    # The actor's worker is "ray::Echo": classified as ray_system (with Ray's daemons).
+    print(f"{label}: {calls / elapsed:.0f} calls/s; CPU ms per call: caller "
+          f"{used['api'] * 1000 / calls:.3f}, actor + Ray daemons "
+          f"{used.get('ray_system', 0.0) * 1000 / calls:.3f}; "
+          f"load {load_before:.2f}-{loadavg()[0]:.2f}")
+
+
+async def round_trip(label: str, call: Callable[[], Awaitable[object]],
+                     calls: int = 500) -> None:
+    await asyncio.gather(*(call() for _ in range(200)))
     took = []
     for _ in range(calls):
         began = time.perf_counter()
-        await actor.noop.remote("id")
+        await call()
         took.append((time.perf_counter() - began) * 1000)
     took.sort()
-    print(f"one call at a time: round trip p50 {took[len(took) // 2]:.2f} ms, "
+    print(f"{label}: round trip p50 {took[len(took) // 2]:.2f} ms, "
           f"p99 {took[int(len(took) * 0.99)]:.2f} ms over {calls}; load {loadavg()[0]:.2f}")
+
+
+async def round_trips() -> None:
+    actor = Echo.remote()  # type: ignore[attr-defined]
+    await round_trip("one call at a time", lambda: actor.noop.remote("id"))
 
 
 def main() -> None:

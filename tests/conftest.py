@@ -14,7 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
@@ -76,20 +76,29 @@ async def stack(
     ray_session: None, demo_services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[DemoStack]:
     """The whole coordinator on real Ray, with the API served on a free port."""
+    base = tmp_path_factory.mktemp("stack")
+    options = await stack_options(base, demo_services, hosts=2, namespace="sagaray-tests")
+    async with serving(options, demo_services, base / "journal.db") as served:
+        yield served
+
+
+async def stack_options(base: Path, demo_services: dict[str, str], *, patient: bool = True,
+                        **overrides: Any) -> ServeOptions:
+    """Options of a stack of its own in ``base``: the demo services' file written there, a
+    SQLite journal there, the project's sagas, the test sagas and (``patient``) the patient
+    copy of ``faulty_order``."""
     from coordinator.server import ServeOptions
     from services.runner import write_services_file
 
-    base = tmp_path_factory.mktemp("stack")
     services_file = base / "services.yaml"
     await asyncio.to_thread(write_services_file, demo_services, services_file)
-    patient = await asyncio.to_thread(write_patient_copy, base / "patient")
-    options = ServeOptions(
-        sagas_dir=ROOT / "sagas", services_file=services_file,
-        journal_url=f"sqlite:///{base / 'journal.db'}", hosts=2, namespace="sagaray-tests",
-        extra_sagas=(ROOT / "tests" / "sagas", patient),
-    )
-    async with serving(options, demo_services, base / "journal.db") as served:
-        yield served
+    extra = [ROOT / "tests" / "sagas"]
+    if patient:
+        extra.append(await asyncio.to_thread(write_patient_copy, base / "patient"))
+    return ServeOptions(**{
+        "sagas_dir": ROOT / "sagas", "services_file": services_file,
+        "journal_url": f"sqlite:///{base / 'journal.db'}", "extra_sagas": tuple(extra),
+        **overrides})
 
 
 def write_patient_copy(target: Path) -> Path:

@@ -16,8 +16,8 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from coordinator.server import ServeOptions, Stack
-from tests.conftest import ROOT, DemoStack, serving
+from coordinator.server import Stack
+from tests.conftest import DemoStack, serving, stack_options
 from tests.runtime.conftest import Api
 
 pytestmark = pytest.mark.ray
@@ -96,18 +96,9 @@ async def test_a_broken_link_falls_back_to_ray_and_loses_nothing(api: Api) -> No
 @pytest.fixture(scope="module")
 async def ray_only(ray_session: None, demo_services: dict[str, str],
                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DemoStack]:
-    from services.runner import write_services_file
-    from tests.conftest import write_patient_copy
-
     base = tmp_path_factory.mktemp("ray-only")
-    services_file = base / "services.yaml"
-    await asyncio.to_thread(write_services_file, demo_services, services_file)
-    patient = await asyncio.to_thread(write_patient_copy, base / "patient")
-    options = ServeOptions(
-        sagas_dir=ROOT / "sagas", services_file=services_file,
-        journal_url=f"sqlite:///{base / 'journal.db'}", hosts=1,
-        namespace=f"sagaray-ray-only-{uuid.uuid4().hex[:6]}", extra_sagas=(patient,),
-        host_link=False)
+    options = await stack_options(base, demo_services, hosts=1, host_link=False,
+                                  namespace=f"sagaray-ray-only-{uuid.uuid4().hex[:6]}")
     async with serving(options, demo_services, base / "journal.db") as served:
         yield served
     cast(Stack, served.stack).pool.shutdown()

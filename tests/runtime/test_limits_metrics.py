@@ -18,8 +18,8 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.admission import AdmissionLimits
-from coordinator.server import ServeOptions, Stack
-from tests.conftest import ROOT, DemoStack, serving
+from coordinator.server import Stack
+from tests.conftest import DemoStack, serving, stack_options
 from tests.runtime.conftest import TERMINAL, Api
 
 pytestmark = pytest.mark.ray
@@ -30,17 +30,11 @@ SLOW = {"reserve_inventory": "latency=300"}  # keeps each execution in flight a 
 @pytest.fixture(scope="module")
 async def limited(ray_session: None, demo_services: dict[str, str],
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DemoStack]:
-
-    from services.runner import write_services_file
-
     base = tmp_path_factory.mktemp("limited")
-    services_file = base / "services.yaml"
-    await asyncio.to_thread(write_services_file, demo_services, services_file)
-    options = ServeOptions(
-        sagas_dir=ROOT / "sagas", services_file=services_file,
-        journal_url=f"sqlite:///{base / 'journal.db'}", hosts=2,
-        namespace=f"sagaray-limits-{uuid.uuid4().hex[:6]}",
-        extra_sagas=(ROOT / "tests" / "sagas",), max_in_flight=20, max_in_flight_per_host=12)
+    options = await stack_options(
+        base, demo_services, patient=False, hosts=2,
+        namespace=f"sagaray-limits-{uuid.uuid4().hex[:6]}", max_in_flight=20,
+        max_in_flight_per_host=12)
     async with serving(options, demo_services, base / "journal.db") as served:
         yield served
     cast(Stack, served.stack).pool.shutdown()
