@@ -24,9 +24,11 @@ Contract of :class:`LinkClient` (in an API process):
 - Owns one connection to one host incarnation, opened on first use, multiplexing
   every call in flight.
 - Retries nothing: a connection that breaks fails every call in flight with
-  :class:`LinkDown`, and for ``RECONNECT_SECONDS`` after that new calls fail at once.
-  The caller falls back to the Ray call, which is safe because a host's ``start`` is
-  idempotent and a finish-feed answer is only a hint.
+  :class:`LinkDown` (``sent``: the host may have acted on it), and for
+  ``RECONNECT_SECONDS`` after that new calls fail at once. The caller falls back to the
+  Ray call: a finish-feed answer is only a hint, and a hand-over that may have arrived
+  is repeated without its events, so the host reads the journal (an execution it
+  already runs or that already ended is left alone).
 """
 
 from __future__ import annotations
@@ -56,7 +58,14 @@ RECONNECT_SECONDS = 5.0
 
 
 class LinkDown(ConnectionError):
-    """The link to a host is not usable now; the caller falls back to Ray."""
+    """The link to a host is not usable now; the caller falls back to Ray.
+
+    ``sent``: the call had been written when the link broke, so the host may have
+    acted on it (a retry over Ray must be safe to repeat)."""
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class LinkRefused(RuntimeError):
@@ -172,6 +181,8 @@ class LinkClient:
         try:
             writer.write(frame({"id": call_id, "op": op}, body))
             return await future
+        except LinkDown as error:
+            raise LinkDown(str(error), sent=True) from error
         finally:
             self._pending.pop(call_id, None)
 

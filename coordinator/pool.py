@@ -46,6 +46,13 @@ REFRESH_SECONDS = 1.0
 REDISPATCHES = 3
 
 
+def without_events(batch: list[Any]) -> list[Any]:
+    """A hand-over batch to repeat after one that may have arrived: without the events,
+    each start reads the journal, so an execution that ended meanwhile is not run again
+    from its first events (a start of one the host runs is left alone anyway)."""
+    return [(execution_id, None, fence, reader) for execution_id, _, fence, reader in batch]
+
+
 class HostPool:
     """The API's view of the pool: cached membership, hand-over queues, routing.
 
@@ -230,10 +237,13 @@ class HostPool:
             async def start_many(batch: list[Any]) -> Any:
                 link = self._links.get(name)
                 if link is not None:
-                    # Down or refused: Ray's call is safe after it, a host's start is
-                    # idempotent.
-                    with contextlib.suppress(LinkDown, LinkRefused):
+                    try:
                         return decode_answers(await link.call(START_MANY, encode_batch(batch)))
+                    except LinkRefused:
+                        pass  # refused before any start: Ray's call carries it as it is
+                    except LinkDown as down:
+                        if down.sent:
+                            batch = without_events(batch)
                 return await self._handles[name].start_many.remote(batch)
 
             queue = self._queues[name] = HandOverQueue(start_many)

@@ -33,6 +33,7 @@ from coordinator.link_codec import (
     encode_poll,
     host_handlers,
 )
+from coordinator.pool import without_events
 from tests.runtime.hostcore import charges, create, events_of
 from tests.runtime.test_opening_round import definition_of
 
@@ -121,10 +122,12 @@ async def test_a_host_gone_fails_calls_in_flight_then_the_link_comes_back_later(
     pending = asyncio.ensure_future(client.call("slow", b"30"))
     await asyncio.sleep(0.1)
     await server.close()
-    with pytest.raises(LinkDown):
+    with pytest.raises(LinkDown) as cut:
         await pending
-    with pytest.raises(LinkDown):
+    assert cut.value.sent  # written before the host went: it may have acted on it
+    with pytest.raises(LinkDown) as down:
         await client.call("echo", b"x")
+    assert not down.value.sent
     # A host restarted on the same address (same key here, to show the reconnect).
     again = LinkServer({"echo": echo})
     again.key = server.key
@@ -179,6 +182,11 @@ async def test_a_host_core_served_over_the_link_runs_a_handed_round_as_over_ray(
     assert last_seq == len(history)
     assert not [e for e in history if isinstance(e, ev.StepAttemptFailed)]
     assert len(await charges(demo_services, execution_id)) == 1
+    # The hand-over repeated after a link that broke once it was sent: without its events
+    # the host reads the journal and leaves the ended execution alone.
+    again = decode_answers(await client.call(START_MANY, encode_batch(without_events(batch))))
+    assert [answer["status"] for answer in again] == ["terminal"]
+    assert await events_of(journal, execution_id) == history
     client.close()
     await link.close()
     await core.close()
