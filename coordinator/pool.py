@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from typing import Any
 
 import ray
@@ -85,6 +86,8 @@ class HostPool:
         self._nodes: dict[str, str] = {}
         # Each host's direct link (host_link.py), as its last Ray hand-over named it.
         self._links: dict[str, LinkClient] = {}
+        # (call, "link" or "ray") -> calls made that way: a link that is down shows here.
+        self.calls: Counter[tuple[str, str]] = Counter()
         self._refresher: asyncio.Task[None] | None = None
 
     @property
@@ -155,8 +158,11 @@ class HostPool:
         link = self._links.get(host)
         if link is not None:
             with contextlib.suppress(LinkDown, LinkRefused):
-                return decode_feed(await link.call(
+                answer = decode_feed(await link.call(
                     FINISHED_SINCE, encode_poll(incarnation, cursor, timeout, reader)))
+                self.calls[FINISHED_SINCE, "link"] += 1
+                return answer
+        self.calls[FINISHED_SINCE, "ray"] += 1
         return dict(await actor.finished_since.remote(incarnation, cursor, timeout, reader))
 
     def node_of(self, host: str) -> str | None:
@@ -238,12 +244,15 @@ class HostPool:
                 link = self._links.get(name)
                 if link is not None:
                     try:
-                        return decode_answers(await link.call(START_MANY, encode_batch(batch)))
+                        answers = decode_answers(await link.call(START_MANY, encode_batch(batch)))
+                        self.calls[START_MANY, "link"] += 1
+                        return answers
                     except LinkRefused:
                         pass  # refused before any start: Ray's call carries it as it is
                     except LinkDown as down:
                         if down.sent:
                             batch = without_events(batch)
+                self.calls[START_MANY, "ray"] += 1
                 return await self._handles[name].start_many.remote(batch)
 
             queue = self._queues[name] = HandOverQueue(start_many)

@@ -61,7 +61,7 @@ class ApiMetrics:
         hosts = await self.pool.host_metrics(self.timeout)
         # Built and rendered with no await in between: concurrent scrapes do not mix.
         self._families.families = [*api_families(self.service, self.pool.names),
-                                   *host_families(hosts)]
+                                   host_calls(self.pool), *host_families(hosts)]
         return generate_latest(self.registry)
 
 
@@ -94,6 +94,16 @@ def api_families(service: ExecutionService, names: list[str]) -> Iterator[Metric
     for scope, count in sorted(admission.refused.items()):
         refused.add_metric([scope], count)
     yield refused
+
+
+def host_calls(pool: HostPool) -> Metric:
+    calls = CounterMetricFamily(
+        "sagaray_host_calls", "Hand-over and finish-feed calls from this API process to "
+        "SagaHosts, by the way they went (the host link, or Ray when it is off or down)",
+        labels=["call", "via"])
+    for (call, via), count in sorted(pool.calls.items()):
+        calls.add_metric([call, via], count)
+    return calls
 
 
 _SAGA_COUNTERS = (

@@ -4,6 +4,7 @@ exposition the API builds from host snapshots."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, cast
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -126,6 +127,7 @@ class PoolWithSnapshots:
     def __init__(self, snapshots: dict[str, dict[str, Any] | None]) -> None:
         self.snapshots = snapshots
         self.names = list(snapshots)
+        self.calls = Counter({("start_many", "link"): 7, ("finished_since", "ray"): 2})
 
     async def host_metrics(self, timeout: float) -> dict[str, dict[str, Any] | None]:
         return self.snapshots
@@ -158,6 +160,8 @@ async def test_the_exposition_aggregates_host_snapshots() -> None:
                   (("host", "h-0"), ("le", "0.0025")))] == 1
     circuit = (("instance", "http://c:9102"), ("service", "hotels"))
     assert found[("sagaray_circuit_state", circuit)] == 2
+    assert found[("sagaray_host_calls_total", (("call", "start_many"), ("via", "link")))] == 7
+    assert found[("sagaray_host_calls_total", (("call", "finished_since"), ("via", "ray")))] == 2
     # A second app in the same process has its own registry: nothing collides.
     other = ApiMetrics(cast(ExecutionService, ServiceStandIn()), cast(HostPool, pool))
     assert other.registry is not api.registry

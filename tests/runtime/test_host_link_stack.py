@@ -19,6 +19,7 @@ import pytest
 from coordinator.server import Stack
 from tests.conftest import DemoStack, serving, stack_options
 from tests.runtime.conftest import Api
+from tests.runtime.test_limits_metrics import scrape
 
 pytestmark = pytest.mark.ray
 SAGA = "faulty_order_patient"
@@ -43,6 +44,13 @@ def journal_bytes(journal: Path) -> bytes:
     return b"".join(path.read_bytes() for path in files if path.exists())
 
 
+async def calls_via(api: Api, via: str, call: str = "start_many") -> float:
+    """This API process's ``sagaray_host_calls_total`` for ``call`` made ``via``."""
+    found = await scrape(api)
+    return found.get(("sagaray_host_calls_total", frozenset({("call", call), ("via", via)})),
+                     0.0)
+
+
 async def link_calls(stack: Stack) -> int:
     return sum(stats["link"]["calls"] for stats in await stack.pool.stats())
 
@@ -50,10 +58,12 @@ async def link_calls(stack: Stack) -> int:
 async def test_hand_overs_and_feed_polls_go_over_the_link(api: Api) -> None:
     stack = stack_of(api)
     await run_all(api, 4)  # the first hand-over to a host (over Ray) names its link
-    before = await link_calls(stack)
+    before, reported = await link_calls(stack), await calls_via(api, "link")
     await run_all(api, 20)
     # At least one hand-over per batch and the feed polls that brought the ends.
     assert await link_calls(stack) - before >= 2
+    assert await calls_via(api, "link") > reported
+    assert await calls_via(api, "link", "finished_since") > 0
     assert set(stack.pool._links) <= set(stack.pool.names)
     assert stack.pool._links
 
@@ -84,9 +94,10 @@ async def test_a_broken_link_falls_back_to_ray_and_loses_nothing(api: Api) -> No
         if link._writer is not None:
             link._writer.transport.abort()  # as a network cut would
     await asyncio.sleep(0.1)
-    before = await link_calls(stack)
+    before, over_ray = await link_calls(stack), await calls_via(api, "ray")
     await run_all(api, 12)
     assert await link_calls(stack) == before, "all of these went over Ray"
+    assert await calls_via(api, "ray") > over_ray  # what an operator sees
     for link in links:
         link._clock, link._down_until = time.monotonic, 0.0
     await run_all(api, 4)
@@ -111,3 +122,5 @@ async def test_without_the_link_everything_goes_over_ray(ray_only: DemoStack) ->
         stack = stack_of(api)
         assert not stack.pool._links
         assert [stats["link"] for stats in await stack.pool.stats()] == [None]
+        assert await calls_via(api, "ray") > 0
+        assert await calls_via(api, "link") == 0
