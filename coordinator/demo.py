@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from coordinator import eventloop
 from coordinator.server import ServeOptions, build_stack, init_ray
 
 WORKDIR = Path(".sagaray/demo")
@@ -203,7 +204,7 @@ def main(port: int = 8080, keep: bool = False) -> int:
     # the environment: the services file holds only ${env:FLIGHTS_TOKEN}.
     os.environ.setdefault("FLIGHTS_TOKEN", secrets.token_hex(16))
     init_ray(None, "sagaray-demo")
-    loop = asyncio.new_event_loop()
+    loop = eventloop.new_event_loop()  # the loop `sagaray serve` runs on
     task = loop.create_task(run_demo(port, keep))
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, task.cancel)
