@@ -50,8 +50,8 @@ class ExportingProvider(TracerProvider):
     A host knows each span's ids, times and attributes up front or after the fact
     (saga, step and compensation spans come from the journal's events; an attempt's
     id is derived from its identity), so it builds them as finished spans and hands
-    them straight to the processors: no live span, sampler-free id generation, or
-    attribute cleaning per span on the hot path.
+    them straight to the processors: no live span, id generation, context attach or
+    attribute cleaning per span on the hot path (the caller still asks the sampler).
     """
 
     def __init__(self, **kwargs: Any) -> None:
