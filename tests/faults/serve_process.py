@@ -404,6 +404,18 @@ class SagaClient:
         events: list[dict[str, Any]] = body["events"]
         return events
 
+    async def host_calls(self, url: str) -> dict[tuple[str, str], float]:
+        """``sagaray_host_calls_total`` of the API at ``url``: (call, via) -> count."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with self.session.get(f"{url}/metrics") as response:
+            text = await response.text()
+            if response.status != 200:
+                raise AssertionError(f"metrics: {response.status} {text[:200]}")
+        return {(sample.labels["call"], sample.labels["via"]): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples if sample.name == "sagaray_host_calls_total"}
+
     async def statuses(self, url: str) -> dict[str, str]:
         """Every execution the journal holds, by id, from ``GET /v1/executions``."""
         found: dict[str, str] = {}
