@@ -115,7 +115,8 @@ class LinkServer:
         self._tasks.add(task)
         try:
             hello, _ = await read_frame(reader, max_body=MAX_HELLO)
-            if not hmac.compare_digest(str(hello.get("key", "")), self.key):
+            offered = str(hello.get("key", "")).encode()  # bytes: any text compares
+            if not hmac.compare_digest(offered, self.key.encode()):
                 log.warning("host link: a connection from %s offered a wrong key",
                             writer.get_extra_info("peername"))
                 return

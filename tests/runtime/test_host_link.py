@@ -103,6 +103,15 @@ async def test_a_wrong_key_gets_no_answer_and_the_link_is_down(server: LinkServe
         await client.call("echo", b"hello")
 
 
+async def test_a_key_that_is_not_ascii_is_just_wrong(
+        server: LinkServer, caplog: pytest.LogCaptureFixture) -> None:
+    client = client_of(server, key="ключ")
+    with pytest.raises(LinkDown):
+        await client.call("echo", b"hello")
+    assert server.served == 0
+    assert "offered a wrong key" in caplog.text  # refused as such, not a crash in the check
+
+
 async def test_an_unauthenticated_peer_cannot_make_the_server_read_much(
         server: LinkServer) -> None:
     assert server.address is not None
