@@ -16,7 +16,10 @@ T = TypeVar("T")
 
 
 def uvloop_wanted() -> bool:
-    return os.environ.get("RAY_USE_UVLOOP", "1").strip().lower() not in ("0", "false", "no")
+    # Ray's own reading of the switch (ray._common.utils.env_bool): when set, only
+    # "1" or "true" mean on, so the API and the actors never disagree.
+    value = os.environ.get("RAY_USE_UVLOOP")
+    return value is None or value.lower() in ("1", "true")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -53,3 +53,7 @@ def test_the_api_process_runs_on_uvloop_unless_ray_is_told_not_to(
     assert eventloop.run(running()) is uvloop.Loop
     monkeypatch.setenv("RAY_USE_UVLOOP", "0")
     assert eventloop.run(running()) is not uvloop.Loop
+    monkeypatch.setenv("RAY_USE_UVLOOP", "yes")  # off for Ray's actors too: only 1 or true
+    assert eventloop.run(running()) is not uvloop.Loop
+    monkeypatch.setenv("RAY_USE_UVLOOP", "True")
+    assert eventloop.run(running()) is uvloop.Loop
