@@ -8,8 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 from bench.experiments import patch
+
+if TYPE_CHECKING:
+    from coordinator.host_core import HostCore
+
+
+async def _until_claimed(core: HostCore, execution_id: str,
+                         timeout: float | None) -> float | bool | None:
+    """Poll until a start in progress has its runner; the time left of ``timeout``
+    (None: no limit), or False when it ran out first. Shared by the two wait patches."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    while execution_id in core._starting and execution_id not in core._runners:
+        if timeout is not None and loop.time() - began >= timeout:
+            return False
+        await asyncio.sleep(0.0005)
+    return None if timeout is None else max(0.0, timeout - (loop.time() - began))
 
 
 @patch("wait-starting")
@@ -29,13 +46,9 @@ def _wait_starting() -> None:
     original = HostCore.wait
 
     async def wait(self: HostCore, execution_id: str, timeout: float | None) -> bool:
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        while execution_id in self._starting and execution_id not in self._runners:
-            if timeout is not None and loop.time() - began >= timeout:
-                return False
-            await asyncio.sleep(0.0005)
-        left = None if timeout is None else max(0.0, timeout - (loop.time() - began))
+        left = await _until_claimed(self, execution_id, timeout)
+        if left is False:
+            return False
         return await original(self, execution_id, left)
 
     HostCore.wait = wait  # type: ignore[method-assign]
@@ -201,16 +214,12 @@ def _wait_returns_state() -> None:
     from coordinator.views import execution_view
 
     async def host_wait(self: HostCore, execution_id: str, timeout: float | None) -> object:
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        while execution_id in self._starting and execution_id not in self._runners:
-            if timeout is not None and loop.time() - began >= timeout:
-                return False
-            await asyncio.sleep(0.0005)
+        left = await _until_claimed(self, execution_id, timeout)
+        if left is False:
+            return False
         runner = self._runners.get(execution_id)
         if runner is None:
             return True
-        left = None if timeout is None else max(0.0, timeout - (loop.time() - began))
         try:
             await asyncio.wait_for(runner.finished.wait(), left)
         except TimeoutError:

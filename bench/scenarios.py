@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import statistics
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -32,52 +33,52 @@ def summary(batch: load.Batch) -> dict[str, Any]:
             **({"errors": batch.errors} if batch.errors else {})}
 
 
-async def measure_sagaray(bench: Bench, saga: str, inputs: list[dict[str, Any]],
-                          concurrency: int) -> dict[str, Any]:
+async def _measured(bench: Bench, running: Awaitable[load.Batch], watch_pid: int | None = None
+                    ) -> tuple[load.Batch, dict[str, Any], dict[str, float]]:
+    """Run one batch with the counts both sides report: calls the services received,
+    their CPU and this process's per saga, the load average before and after; and the
+    CPU of ``watch_pid``'s process tree over the batch alone (empty without one)."""
     await bench.ctl("POST", "/_bench/reset")
     before_load = loadavg()
     calls_before = (await bench.ctl("GET", "/_bench/stats"))["requests"]
     svc_pid = int(bench.services.info["pid"])
     svc_before = CpuSnapshot.take(svc_pid)
-    snap = CpuSnapshot.take(bench.api_pid)
+    snap = CpuSnapshot.take(watch_pid) if watch_pid is not None else None
     me = self_cpu()
-    batch = await load.sagaray_batch(bench.http, bench.api, saga, inputs, concurrency)
+    batch = await running
     me = self_cpu() - me
-    cpu = cpu_delta(snap, CpuSnapshot.take(bench.api_pid))
+    cpu = cpu_delta(snap, CpuSnapshot.take(snap.root)) if snap is not None else {}
     svc_cpu = cpu_delta(svc_before, CpuSnapshot.take(svc_pid))["api"]
     calls = (await bench.ctl("GET", "/_bench/stats"))["requests"] - calls_before
     out = summary(batch)
+    out.update({"service_calls": calls,
+                "own_cpu_ms_per_saga": round(me * 1000 / batch.n, 2),
+                "services_cpu_ms_per_saga": round(svc_cpu * 1000 / batch.n, 2),
+                "load": [before_load[0], loadavg()[0]]})
+    return batch, out, cpu
+
+
+async def measure_sagaray(bench: Bench, saga: str, inputs: list[dict[str, Any]],
+                          concurrency: int) -> dict[str, Any]:
+    batch, out, cpu = await _measured(bench, load.sagaray_batch(
+        bench.http, bench.api, saga, inputs, concurrency), bench.api_pid)
+    calls = out["service_calls"]
     out.update({
         "cpu_s": {k: round(v, 2) for k, v in cpu.items() if v},
         "coordinator_cpu_ms_per_saga": round(cpu["coordinator"] * 1000 / batch.n, 2),
-        "service_calls": calls,
         "coordinator_cpu_ms_per_call": round(cpu["coordinator"] * 1000 / max(calls, 1), 3),
         "ray_system_cpu_ms_per_saga": round(
             (cpu.get("ray_system", 0) + cpu.get("ray_idle_workers", 0)) * 1000 / batch.n, 2),
-        "services_cpu_ms_per_saga": round(svc_cpu * 1000 / batch.n, 2),
-        "loadgen_cpu_ms_per_saga": round(me * 1000 / batch.n, 2),
-        "load": [before_load[0], loadavg()[0]],
+        "loadgen_cpu_ms_per_saga": out.pop("own_cpu_ms_per_saga"),
     })
     return out
 
 
 async def measure_raw(bench: Bench, inputs: list[dict[str, Any]],
                       concurrency: int) -> dict[str, Any]:
-    await bench.ctl("POST", "/_bench/reset")
-    before_load = loadavg()
-    calls_before = (await bench.ctl("GET", "/_bench/stats"))["requests"]
-    svc_pid = int(bench.services.info["pid"])
-    svc_before = CpuSnapshot.take(svc_pid)
-    me = self_cpu()
-    batch = await load.raw_batch(bench.http, bench.urls, inputs, concurrency)
-    me = self_cpu() - me
-    svc_cpu = cpu_delta(svc_before, CpuSnapshot.take(svc_pid))["api"]
-    calls = (await bench.ctl("GET", "/_bench/stats"))["requests"] - calls_before
-    out = summary(batch)
-    out.update({"service_calls": calls,
-                "client_cpu_ms_per_saga": round(me * 1000 / batch.n, 2),
-                "services_cpu_ms_per_saga": round(svc_cpu * 1000 / batch.n, 2),
-                "load": [before_load[0], loadavg()[0]]})
+    _, out, _ = await _measured(bench, load.raw_batch(bench.http, bench.urls, inputs,
+                                                   concurrency))
+    out["client_cpu_ms_per_saga"] = out.pop("own_cpu_ms_per_saga")
     return out
 
 
