@@ -292,3 +292,16 @@ def _switch_1ms() -> None:
     import sys
 
     sys.setswitchinterval(0.001)
+
+
+@patch("sdk-span-encoder")
+def _sdk_span_encoder() -> None:
+    """The OTLP exporter encodes spans with the SDK's encoder (before otlp_encoding.py)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from coordinator.telemetry import otlp_encoding
+
+    def sdk_exporter(endpoint: str, headers: dict[str, str] | None) -> OTLPSpanExporter:
+        return OTLPSpanExporter(endpoint=endpoint, headers=headers)
+
+    otlp_encoding.fast_exporter = sdk_exporter  # type: ignore[assignment]

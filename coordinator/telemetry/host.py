@@ -9,6 +9,7 @@ runner finished. The engine itself knows nothing of OpenTelemetry.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -113,7 +114,7 @@ class HostTracing:
         if attempt is None:
             return
         context, attributes = attempt
-        attributes.update(url_attributes(url))
+        attributes.update(_url_attributes(url))
         _PROPAGATOR.inject(headers, trace.set_span_in_context(NonRecordingSpan(context)))
 
     def execution_ended(self, state: ExecutionState, history: Sequence[ev.Event]) -> None:
@@ -219,6 +220,12 @@ def _present(attributes: Attributes) -> Attributes:
 
 def url_attributes(url: str) -> Attributes:
     """HTTP client semantic-convention attributes; credentials in the URL are redacted."""
+    return dict(_url_attributes(url))
+
+
+# Parsed once per distinct URL: a host sends the same endpoints' URLs over and over.
+@functools.lru_cache(maxsize=1024)
+def _url_attributes(url: str) -> tuple[tuple[str, str | int], ...]:
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = host if ":" not in host else f"[{host}]"
@@ -226,11 +233,11 @@ def url_attributes(url: str) -> Attributes:
         netloc = f"{netloc}:{parts.port}"
     if parts.username is not None or parts.password is not None:
         netloc = f"REDACTED:REDACTED@{netloc}"
-    attributes: Attributes = {
-        "url.full": urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")),
-        "server.address": host,
-    }
+    attributes: list[tuple[str, str | int]] = [
+        ("url.full", urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))),
+        ("server.address", host),
+    ]
     port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     if port is not None:
-        attributes["server.port"] = port
-    return attributes
+        attributes.append(("server.port", port))
+    return tuple(attributes)

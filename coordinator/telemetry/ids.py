@@ -9,6 +9,7 @@ computes the same parent for the attempts it sends.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -35,16 +36,9 @@ class SagaIds:
         """The ids in a journaled trace, or None when it was started without tracing."""
         if not trace:
             return None
-        header = _TRACEPARENT.fullmatch(trace.get("traceparent", ""))
-        trace_id, saga_span_id = trace.get("trace_id", ""), trace.get("saga_span_id", "")
-        if header is None or not _HEX32.fullmatch(trace_id) or not _HEX16.fullmatch(saga_span_id):
-            return None
-        start = trace.get("saga_start_ns", "")
-        return cls(
-            trace_id=int(trace_id, 16), parent_span_id=int(header[2], 16),
-            saga_span_id=int(saga_span_id, 16), trace_flags=int(header[3], 16),
-            start_ns=int(start) if start.isdigit() else None,
-            tracestate=trace.get("tracestate") or None)
+        return _parse(trace.get("traceparent", ""), trace.get("trace_id", ""),
+                      trace.get("saga_span_id", ""), trace.get("saga_start_ns", ""),
+                      trace.get("tracestate") or None)
 
     @property
     def trace_id_hex(self) -> str:
@@ -66,6 +60,20 @@ class SagaIds:
     def _derived(self, key: str) -> int:
         digest = hashlib.blake2b(f"{self.saga_span_id:016x}/{key}".encode(), digest_size=8)
         return int.from_bytes(digest.digest(), "big") or 1  # zero is the invalid span id
+
+
+# Each attempt of a saga asks for its ids (three regular expressions and four int
+# parses): remembered per saga, as the host runs the same sagas' attempts over again.
+@functools.lru_cache(maxsize=4096)
+def _parse(traceparent: str, trace_id: str, saga_span_id: str, start: str,
+           tracestate: str | None) -> SagaIds | None:
+    header = _TRACEPARENT.fullmatch(traceparent)
+    if header is None or not _HEX32.fullmatch(trace_id) or not _HEX16.fullmatch(saga_span_id):
+        return None
+    return SagaIds(
+        trace_id=int(trace_id, 16), parent_span_id=int(header[2], 16),
+        saga_span_id=int(saga_span_id, 16), trace_flags=int(header[3], 16),
+        start_ns=int(start) if start.isdigit() else None, tracestate=tracestate)
 
 
 def span_phase(recovering: bool, phase: str) -> str:

@@ -131,13 +131,11 @@ def _exporter(env: Mapping[str, str]) -> SpanExporter:
         return GrpcExporter(endpoint=signal_endpoint or base, headers=headers or None)
     if protocol != "http/protobuf":
         log.warning("OTLP protocol %r is not supported; using http/protobuf", protocol)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
-    )
+    from coordinator.telemetry.otlp_encoding import fast_exporter
 
     # The base endpoint gets the signal path appended; the per-signal one is used as is.
     endpoint = signal_endpoint or f"{base.rstrip('/')}/v1/traces"
-    return HttpExporter(endpoint=endpoint, headers=headers or None)
+    return fast_exporter(endpoint, headers or None)
 
 
 def _sampler(env: Mapping[str, str]) -> Sampler:
