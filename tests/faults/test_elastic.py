@@ -24,8 +24,9 @@ import aiohttp
 import pytest
 from ray.exceptions import RayActorError
 
+from coordinator.catalog import SagaCatalog
 from coordinator.core import events as ev
-from coordinator.executions import ExecutionService, SagaCatalog
+from coordinator.executions import ExecutionService
 from coordinator.journal.base import StoredEvent
 from coordinator.pool import HostPool
 from coordinator.pool_hashing import rendezvous
