@@ -305,14 +305,3 @@ def _sdk_span_encoder() -> None:
         return OTLPSpanExporter(endpoint=endpoint, headers=headers)
 
     otlp_encoding.fast_exporter = sdk_exporter  # type: ignore[assignment]
-
-
-@patch("no-host-create")
-def _no_host_create() -> None:
-    """The API journals every start itself, then hands it over (before host-side creates)."""
-    from coordinator.pool import HostPool
-
-    def never(self: HostPool, host: str) -> bool:
-        return False
-
-    HostPool.can_create_on = never  # type: ignore[method-assign]

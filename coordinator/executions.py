@@ -20,26 +20,25 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import Draft202012Validator
+
 from coordinator.admission import Admission, Ticket
-from coordinator.catalog import SagaCatalog
 from coordinator.completions import CompletionWatch
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
 from coordinator.core.opening import opening_round
 from coordinator.core.replay import can_cancel, replay
 from coordinator.core.state import ExecutionState
-from coordinator.errors import BadRequest, Conflict, NotFound, Retryable
+from coordinator.errors import BadRequest, Conflict, InvalidInput, NotFound, Retryable
 from coordinator.journal.base import (
     TERMINAL_STATUSES,
     Journal,
     JournalUnavailable,
     NewExecution,
-    SequenceConflict,
 )
-from coordinator.pool import MAYBE_WRITTEN, NOT_SENT, HostPool
+from coordinator.pool import HostPool
 from coordinator.views import accepted_view, execution_view, summary_view, with_links
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,46 @@ MAX_WAIT_SECONDS = 60.0
 RECHECK_SECONDS = (0.5, 5.0)
 # Turns the caller's trace context into the one to journal (tracing names the saga's ids).
 TraceHook = Callable[[dict[str, str] | None], dict[str, str] | None]
+
+
+class SagaCatalog:
+    """The loaded definitions by name and version (a read-only view of the registry)."""
+
+    def __init__(self, definitions: list[SagaDefinition]) -> None:
+        self._by_key = {(d.name, d.version): d for d in definitions}
+        self._validators = {
+            d.key: Draft202012Validator(d.input_schema) for d in definitions if d.input_schema
+        }
+
+    def names(self) -> list[str]:
+        return sorted({name for name, _ in self._by_key})
+
+    def versions(self, name: str) -> list[SagaDefinition]:
+        return sorted((d for (n, _), d in self._by_key.items() if n == name),
+                      key=lambda d: d.version)
+
+    def get(self, name: str, version: int | None = None) -> SagaDefinition:
+        versions = self.versions(name)
+        if not versions:
+            raise NotFound(f"no saga named {name!r}; loaded: {', '.join(self.names()) or 'none'}")
+        if version is None:
+            return versions[-1]
+        for definition in versions:
+            if definition.version == version:
+                return definition
+        known = ", ".join(str(d.version) for d in versions)
+        raise NotFound(f"saga {name!r} has no version {version}; loaded versions: {known}")
+
+    def check_input(self, definition: SagaDefinition, value: Any) -> None:
+        validator = self._validators.get(definition.key)
+        if validator is None:
+            return
+        errors = sorted(validator.iter_errors(value), key=lambda e: e.json_path)
+        if errors:
+            violations = [{"path": e.json_path, "message": e.message} for e in errors]
+            summary = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
+            raise InvalidInput(f"input of saga {definition.name!r} v{definition.version} is "
+                               f"invalid: {summary}", errors=violations)
 
 
 class ExecutionService:
@@ -125,58 +164,24 @@ class ExecutionService:
         lease = self.pool.lease_for(definition.placement, execution_id)
         owner, lease_until = (lease[0], now + lease[1]) if lease else (None, None)
         events = [started, *self._opening(definition, started, now, owner)]
-        report_to = self._completions.reader if wait is not None else None
-        written = await self._journal_start(record, events, owner, lease_until, report_to)
-        if ticket is not None and written.created and self.admission is not None:
+        result = await self._journaled(self.journal.create_execution(
+            record, events, owner=owner, lease_until=lease_until))
+        if ticket is not None and result.created and self.admission is not None:
             self.admission.confirm(ticket)
-        if not written.created:
-            if written.request_hash != request_hash:
+        if not result.created:
+            if result.row.request_hash != request_hash:
                 raise Conflict(f"idempotency key {idempotency_key!r} was used for a different "
-                               f"request to saga {saga!r} (execution {written.execution_id})")
+                               f"request to saga {saga!r} (execution {result.row.execution_id})")
             if wait is not None:
-                return await self.wait(written.execution_id, wait), False
-            return await self.get(written.execution_id), False
+                return await self.wait(result.row.execution_id, wait), False
+            return await self.get(result.row.execution_id), False
         self.started[saga] = self.started.get(saga, 0) + 1
         state = replay(definition, events)
-        if written.hand_over == _WITH_EVENTS:
-            self._dispatch(definition, execution_id, events, 1 if owner else None, owner,
-                           report_to=report_to)
-        elif written.hand_over == _FROM_JOURNAL:
-            self._dispatch(definition, execution_id, None, 1 if written.leased else None,
-                           owner if written.leased else None, report_to=report_to)
+        self._dispatch(definition, execution_id, events, 1 if owner else None, owner,
+                       report_to=self._completions.reader if wait is not None else None)
         if wait is not None:
             return await self._waited_start(definition, state, wait), True
         return accepted_view(state), True
-
-    async def _journal_start(self, record: NewExecution, events: list[ev.Event],
-                             owner: str | None, lease_until: float | None,
-                             report_to: str | None) -> _Written:
-        """Journal a start: by the host it is leased to when its link is known (one
-        writer fewer on the journal, and the host runs it at once), else here."""
-        outcome = NOT_SENT
-        if owner is not None and self.pool.can_create_on(owner):
-            outcome, answer = await self.pool.create_on(owner, record, events, report_to)
-            if answer is not None and answer.get("written"):
-                # Running there; else given back (draining): any host takes it from the journal.
-                running = answer.get("status") == "running"
-                return _Written(True, record.execution_id, record.request_hash,
-                                None if running else _FROM_JOURNAL, leased=False)
-            if answer is not None and answer.get("status") == "exists":
-                return _Written(False, answer["execution_id"], answer.get("request_hash"))
-        try:
-            result = await self._journaled(self.journal.create_execution(
-                record, events, owner=owner, lease_until=lease_until))
-        except SequenceConflict:
-            if outcome != MAYBE_WRITTEN:
-                raise
-            return _Written(True, record.execution_id, record.request_hash, _FROM_JOURNAL)
-        row = result.row
-        if outcome == MAYBE_WRITTEN and not result.created \
-                and row.execution_id == record.execution_id:
-            # The host wrote it after all (the link broke or it answered late).
-            return _Written(True, row.execution_id, row.request_hash, _FROM_JOURNAL)
-        return _Written(result.created, row.execution_id, row.request_hash,
-                        _WITH_EVENTS if result.created else None)
 
     def _opening(self, definition: SagaDefinition, started: ev.ExecutionStarted, now: float,
                  owner: str | None) -> list[ev.Event]:
@@ -371,24 +376,6 @@ class ExecutionService:
             return await call
         except JournalUnavailable as error:
             raise Retryable(f"the journal is unavailable: {error}", retry_after=1.0) from error
-
-
-_WITH_EVENTS, _FROM_JOURNAL = "with_events", "from_journal"
-
-
-@dataclass(frozen=True, slots=True)
-class _Written:
-    """How a start was journaled. ``created``: by this request (else ``execution_id``
-    names the earlier one its idempotency key found). ``hand_over``: what is left to do,
-    hand the events to the host (``_WITH_EVENTS``), have a host read them from the
-    journal (``_FROM_JOURNAL``; ``leased``: still leased to the host it was created
-    for), or nothing (None: its host runs it, or it is not new)."""
-
-    created: bool
-    execution_id: str
-    request_hash: str | None
-    hand_over: str | None = None
-    leased: bool = True
 
 
 def _fingerprint(version: int, value: Any) -> str:

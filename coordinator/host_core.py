@@ -40,7 +40,7 @@ from coordinator.faults import FaultPoints
 from coordinator.finish_feed import FinishFeed
 from coordinator.host_config import HostConfig
 from coordinator.invoker import HttpInvoker
-from coordinator.journal.base import Journal, NewExecution, SequenceConflict
+from coordinator.journal.base import Journal, SequenceConflict
 from coordinator.journal.factory import journal_from_url
 from coordinator.leases import LeaseKeeper
 from coordinator.metrics.host import HostMetrics
@@ -57,7 +57,6 @@ class HostCore:
         self.host_id, self.node_id = host_id, node_id
         self._definitions = {(d.name, d.version): d for d in config.definitions}
         self._journal: Journal = journal_from_url(config.journal_url)
-        self._lease_seconds = config.lease_seconds
         self._leases = LeaseKeeper(self._journal, host_id, config.lease_seconds, self._lost)
         self._tracing = host_tracing(config.otel_env, config.definitions)
         self._invoker = HttpInvoker(config.endpoints, pool_size=config.pool_size,
@@ -151,25 +150,6 @@ class HostCore:
             else:
                 answers.append(result)
         return answers
-
-    async def create(self, record: NewExecution, events: Sequence[ev.Event],
-                     report_to: str | None = None) -> dict[str, Any]:
-        """Journal a new execution leased to this host, then run it (``start``, fence 1).
-
-        ``written`` says whether this call wrote it. When its idempotency key named an
-        earlier execution, that one's ``execution_id`` and ``request_hash`` come back
-        and it is left alone. A draining host writes nothing (``status: draining``).
-        """
-        if self.draining:
-            return {**self.placement("draining"), "written": False}
-        await self._open()
-        created = await self._journal.create_execution(
-            record, events, owner=self.host_id, lease_until=time.time() + self._lease_seconds)
-        if not created.created:
-            return {**self.placement("exists"), "written": False,
-                    "execution_id": created.row.execution_id,
-                    "request_hash": created.row.request_hash}
-        return {**await self.start(record.execution_id, events, 1, report_to), "written": True}
 
     async def _claim_and_launch(
         self, execution_id: str, events: Sequence[ev.Event] | None, fence: int | None = None

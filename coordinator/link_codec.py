@@ -1,4 +1,4 @@
-"""What the host link carries: the bodies of its operations, both ends.
+"""What the host link carries: the bodies of its two operations, both ends.
 
 The hand-over batch travels as the JSON pydantic makes of the events (the form
 the journal stores), so the host validates it exactly as it validates a journal
@@ -15,20 +15,15 @@ from pydantic import TypeAdapter
 
 from coordinator.core import events as ev
 from coordinator.host_link import Handler
-from coordinator.journal.base import NewExecution
 
 if TYPE_CHECKING:
     from coordinator.host_core import HostCore
 
 START_MANY = "start_many"
 FINISHED_SINCE = "finished_since"
-CREATE = "create"
 # (execution id, its first events or None, lease fence, reader waiting for its end)
 BatchItem = tuple[str, list[ev.Event] | None, int | None, str | None]
 _BATCH: TypeAdapter[list[BatchItem]] = TypeAdapter(list[BatchItem])
-# (the execution's row, its first events, reader waiting for its end)
-CreateItem = tuple[NewExecution, list[ev.Event], str | None]
-_CREATE: TypeAdapter[CreateItem] = TypeAdapter(CreateItem)
 
 
 def encode_batch(batch: Sequence[tuple[str, Sequence[ev.Event] | None, int | None, str | None]]
@@ -39,15 +34,6 @@ def encode_batch(batch: Sequence[tuple[str, Sequence[ev.Event] | None, int | Non
 
 def decode_batch(body: bytes) -> list[BatchItem]:
     return _BATCH.validate_json(body)
-
-
-def encode_create(record: NewExecution, events: Sequence[ev.Event], reader: str | None
-                  ) -> bytes:
-    return _CREATE.dump_json((record, list(events), reader))
-
-
-def decode_create(body: bytes) -> CreateItem:
-    return _CREATE.validate_json(body)
 
 
 def encode_poll(incarnation: str | None, cursor: int | None, timeout: float,
@@ -68,23 +54,15 @@ def decode_answers(body: bytes) -> list[dict[str, Any]]:
     return answers
 
 
-def decode_answer(body: bytes) -> dict[str, Any]:
-    answer: dict[str, Any] = orjson.loads(body)
-    return answer
-
-
 def host_handlers(core: HostCore) -> dict[str, Handler]:
     """The link's operations on ``core``: the same calls as the SagaHost's Ray methods."""
 
     async def start_many(body: bytes) -> bytes:
         return orjson.dumps(await core.start_many(decode_batch(body)))
 
-    async def create(body: bytes) -> bytes:
-        return orjson.dumps(await core.create(*decode_create(body)))
-
     async def finished_since(body: bytes) -> bytes:
         incarnation, cursor, timeout, reader = orjson.loads(body)
         return orjson.dumps(await core.finishes.since(incarnation, cursor, float(timeout),
                                                       reader))
 
-    return {START_MANY: start_many, FINISHED_SINCE: finished_since, CREATE: create}
+    return {START_MANY: start_many, FINISHED_SINCE: finished_since}

@@ -24,16 +24,13 @@ from coordinator.handover import HandOverQueue
 from coordinator.host_config import HostConfig
 from coordinator.host_link import LinkClient, LinkDown, LinkRefused
 from coordinator.hosts import DedicatedHost
-from coordinator.journal.base import Journal, NewExecution
+from coordinator.journal.base import Journal
 from coordinator.link_codec import (
-    CREATE,
     FINISHED_SINCE,
     START_MANY,
-    decode_answer,
     decode_answers,
     decode_feed,
     encode_batch,
-    encode_create,
     encode_poll,
 )
 from coordinator.membership import host_name
@@ -48,10 +45,6 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 1.0
 # How many times a start is re-dispatched when its host answers "draining".
 REDISPATCHES = 3
-# How long a start waits for its host to journal it before doing so itself.
-CREATE_SECONDS = 2.0
-# What came of asking a host to journal a start (``HostPool.create_on``).
-NOT_SENT, MAYBE_WRITTEN, ANSWERED = "not_sent", "maybe_written", "answered"
 
 
 def without_events(batch: list[Any]) -> list[Any]:
@@ -219,37 +212,6 @@ class HostPool:
             await self.refresh()
         # Released and unowned: the supervisor's next sweep hands it over.
         return answer
-
-    def can_create_on(self, host: str) -> bool:
-        """Whether ``host`` can journal a start itself: its link is known."""
-        return host in self._links
-
-    async def create_on(self, host: str, record: NewExecution, events: list[ev.Event],
-                        report_to: str | None) -> tuple[str, dict[str, Any] | None]:
-        """Ask ``host`` over its link to journal a new execution and run it.
-
-        ``(ANSWERED, answer)``: the host's answer (:meth:`HostCore.create`). Else
-        nothing is known to be written: ``NOT_SENT`` when the call never left, and
-        ``MAYBE_WRITTEN`` when it may have been carried out (the link broke after
-        sending, the host raised, or it did not answer within ``CREATE_SECONDS``),
-        so the caller's own create must expect to find the execution there.
-        """
-        link = self._links.get(host)
-        if link is None:
-            return NOT_SENT, None
-        try:
-            body = await asyncio.wait_for(
-                link.call(CREATE, encode_create(record, events, report_to)), CREATE_SECONDS)
-        except LinkDown as down:
-            return (MAYBE_WRITTEN if down.sent else NOT_SENT), None
-        except (LinkRefused, TimeoutError):
-            log.warning("host %s did not journal %s; the API does", host, record.execution_id,
-                        exc_info=True)
-            return MAYBE_WRITTEN, None
-        self.calls[CREATE, "link"] += 1
-        answer = decode_answer(body)
-        self._learn_node(host, answer)
-        return ANSWERED, answer
 
     def _learn_node(self, name: str, answer: dict[str, str | None]) -> None:
         """Note the node and the link a host's answer names; the link's key goes no

@@ -29,8 +29,7 @@ from coordinator.admission import (
 )
 from coordinator.api import create_app
 from coordinator.auth import ApiTokens, auth_middleware, check_exposure
-from coordinator.catalog import SagaCatalog
-from coordinator.executions import ExecutionService
+from coordinator.executions import ExecutionService, SagaCatalog
 from coordinator.gc_tuning import relax_gc
 from coordinator.host_config import HostConfig
 from coordinator.invoker import Endpoint

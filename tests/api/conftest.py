@@ -23,10 +23,9 @@ from jsonschema import Draft202012Validator
 from multidict import CIMultiDictProxy
 
 from coordinator.api import create_app
-from coordinator.catalog import SagaCatalog
 from coordinator.core import events as ev
 from coordinator.core.definition import SagaDefinition
-from coordinator.executions import ExecutionService
+from coordinator.executions import ExecutionService, SagaCatalog
 from coordinator.finish_feed import FinishFeed
 from coordinator.journal.base import ExecutionStatus
 from coordinator.journal.sqlite import SQLiteJournal

@@ -12,11 +12,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from coordinator.admission import Admission, AdmissionLimits
 from coordinator.api import create_app
-from coordinator.catalog import SagaCatalog
 from coordinator.cli import build_parser, main
 from coordinator.client_cli import serve_options
 from coordinator.errors import TooManyRequests
-from coordinator.executions import ExecutionService
+from coordinator.executions import ExecutionService, SagaCatalog
 from coordinator.journal.sqlite import SQLiteJournal
 from coordinator.pool import HostPool
 from coordinator.pool_hashing import rendezvous

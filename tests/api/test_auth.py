@@ -32,10 +32,9 @@ from coordinator.auth import (
     load_tokens,
     parse_tokens_file,
 )
-from coordinator.catalog import SagaCatalog
 from coordinator.cli import build_parser, main
 from coordinator.client_cli import serve_options
-from coordinator.executions import ExecutionService
+from coordinator.executions import ExecutionService, SagaCatalog
 from coordinator.journal.sqlite import SQLiteJournal
 from coordinator.openapi import BEARER_SCHEME, openapi_document
 from coordinator.pool import HostPool

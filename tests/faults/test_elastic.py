@@ -24,9 +24,8 @@ import aiohttp
 import pytest
 from ray.exceptions import RayActorError
 
-from coordinator.catalog import SagaCatalog
 from coordinator.core import events as ev
-from coordinator.executions import ExecutionService
+from coordinator.executions import ExecutionService, SagaCatalog
 from coordinator.journal.base import StoredEvent
 from coordinator.pool import HostPool
 from coordinator.pool_hashing import rendezvous
