@@ -48,8 +48,7 @@ def instrument(app: web.Application, name: str, environ: Mapping[str, str] | Non
 
     app[TRACEPARENTS] = received
     # First, so the span sees the final status of every reply, problems included.
-    app.middlewares.insert(0, server_middleware(provider.get_tracer("sagaray.services"),
-                                                remember))
+    app.middlewares.insert(0, server_middleware(provider, "sagaray.services", remember))
     app.router.add_get("/_traceparents", traceparents)
     app.on_cleanup.append(close_provider)
     return True

@@ -13,52 +13,105 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from coordinator import __version__
 from coordinator.telemetry import API_SERVICE_NAME
 from coordinator.telemetry.history import Attributes
-from coordinator.telemetry.setup import build_provider, flush, new_span_id, shutdown
+from coordinator.telemetry.setup import (
+    ExportingProvider,
+    build_provider,
+    flush,
+    new_span_id,
+    shutdown,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RequestHook = Callable[[web.Request, trace.Span], None]
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def server_middleware(tracer: trace.Tracer, on_request: RequestHook | None = None) -> Middleware:
-    """A middleware putting each request in a server span; put it first in the chain."""
+def server_middleware(provider: ExportingProvider, scope: str,
+                      on_request: RequestHook | None = None) -> Middleware:
+    """A middleware putting each request in a server span; put it first in the chain.
+
+    The span is built whole when the reply is known and handed to the provider's
+    processors (as a host builds its spans): during the request only its context is
+    current (so ``saga_trace`` and the hook can name it), no live SDK span.
+    """
+    instrumentation = InstrumentationScope(scope, __version__)
 
     @web.middleware
     async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        parent = _PROPAGATOR.extract(request.headers)
+        parent_context = _PROPAGATOR.extract(request.headers)
+        parent = trace.get_current_span(parent_context).get_span_context()
         route = _route(request)
         name = f"{request.method} {route}" if route else request.method
-        attributes: Attributes = {
-            "http.request.method": request.method, "url.path": request.path,
-            "url.scheme": request.scheme, "server.address": request.url.host or "",
-        }
-        if request.url.port is not None:
-            attributes["server.port"] = request.url.port
-        if route:
-            attributes["http.route"] = route
-        if request.remote:
-            attributes["client.address"] = request.remote
-        with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER,
-                                          attributes=attributes) as span:
+        attributes = _request_attributes(request, route)
+        context = _server_context(provider, parent_context, parent, name, attributes)
+        span = NonRecordingSpan(context)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        start, status = time.time_ns(), Status(StatusCode.UNSET)
+        try:
             if on_request is not None:
                 on_request(request, span)
-            try:
-                response = await handler(request)
-            except web.HTTPException as error:
-                _finish(span, error.status)
-                raise
-            _finish(span, response.status)
+            response = await handler(request)
+            status = _answered(attributes, response.status)
             return response
+        except web.HTTPException as error:
+            status = _answered(attributes, error.status)
+            raise
+        except BaseException as error:
+            status = Status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            otel_context.detach(token)
+            if context.trace_flags.sampled:
+                provider.export_finished(ReadableSpan(
+                    name, context, parent if parent.is_valid else None, provider.resource,
+                    attributes, kind=SpanKind.SERVER, status=status, start_time=start,
+                    end_time=time.time_ns(), instrumentation_scope=instrumentation))
 
     return tracing_middleware
+
+
+def _request_attributes(request: web.Request, route: str | None) -> Attributes:
+    attributes: Attributes = {
+        "http.request.method": request.method, "url.path": request.path,
+        "url.scheme": request.scheme, "server.address": request.url.host or "",
+    }
+    if request.url.port is not None:
+        attributes["server.port"] = request.url.port
+    if route:
+        attributes["http.route"] = route
+    if request.remote:
+        attributes["client.address"] = request.remote
+    return attributes
+
+
+def _server_context(provider: ExportingProvider, parent_context: otel_context.Context,
+                    parent: SpanContext, name: str, attributes: Attributes) -> SpanContext:
+    """A new span's context under the caller's, sampled as the provider's sampler says."""
+    trace_id = parent.trace_id if parent.is_valid else \
+        provider.id_generator.generate_trace_id()
+    sampled = provider.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER,
+                                             attributes)
+    flags = TraceFlags.SAMPLED if sampled.decision is Decision.RECORD_AND_SAMPLE else 0
+    return SpanContext(trace_id, provider.id_generator.generate_span_id(), is_remote=False,
+                       trace_flags=TraceFlags(flags), trace_state=sampled.trace_state)
 
 
 def _route(request: web.Request) -> str | None:
@@ -66,11 +119,12 @@ def _route(request: web.Request) -> str | None:
     return resource.canonical if resource is not None else None
 
 
-def _finish(span: trace.Span, status: int) -> None:
-    span.set_attribute("http.response.status_code", status)
+def _answered(attributes: Attributes, status: int) -> Status:
+    attributes["http.response.status_code"] = status
     if status >= 500:  # a 4xx is the client's error, not the server span's
-        span.set_attribute("error.type", str(status))
-        span.set_status(Status(StatusCode.ERROR))
+        attributes["error.type"] = str(status)
+        return Status(StatusCode.ERROR)
+    return Status(StatusCode.UNSET)
 
 
 def saga_trace(caller: dict[str, str] | None) -> dict[str, str] | None:
@@ -114,5 +168,4 @@ class ApiTracing:
 
 def create_api_tracing(env: Mapping[str, str]) -> ApiTracing:
     provider = build_provider(API_SERVICE_NAME, env)
-    tracer = provider.get_tracer("sagaray.api", __version__)
-    return ApiTracing(provider, server_middleware(tracer))
+    return ApiTracing(provider, server_middleware(provider, "sagaray.api"))
