@@ -58,8 +58,14 @@ class SagaIds:
         return self._derived(f"{step}/{phase}/attempt/{attempt}")
 
     def _derived(self, key: str) -> int:
-        digest = hashlib.blake2b(f"{self.saga_span_id:016x}/{key}".encode(), digest_size=8)
-        return int.from_bytes(digest.digest(), "big") or 1  # zero is the invalid span id
+        return _derive(self.saga_span_id, key)
+
+
+# A step's span id is asked for at each of its attempts and again at the saga's end.
+@functools.lru_cache(maxsize=8192)
+def _derive(saga_span_id: int, key: str) -> int:
+    digest = hashlib.blake2b(f"{saga_span_id:016x}/{key}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") or 1  # zero is the invalid span id
 
 
 # Each attempt of a saga asks for its ids (three regular expressions and four int

@@ -7,11 +7,14 @@ through an OTLP receiver and the demo services, is in ``test_traces.py``.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from coordinator.core.commands import Invoke
 from coordinator.core.outcomes import Reply
@@ -143,3 +146,54 @@ async def test_outside_an_attempt_on_send_adds_no_header(sampled: Traced) -> Non
     headers: dict[str, str] = {}
     tracing.on_send("http://127.0.0.1:9000/a", headers)
     assert headers == {}
+
+
+class CountingSampler(Sampler):
+    """Not one of the samplers OTEL_TRACES_SAMPLER names: asked for every span."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        self.asked += 1
+        return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+    def get_description(self) -> str:
+        return "counting"
+
+
+def span_contexts(tracing: HostTracing, trace_ids: list[int], flags: int
+                  ) -> list[SpanContext]:
+    out = []
+    for trace_id in trace_ids:
+        ids = SagaIds(trace_id=trace_id, parent_span_id=7, saga_span_id=9, trace_flags=flags)
+        parent = SpanContext(trace_id, 9, is_remote=False, trace_flags=TraceFlags(flags))
+        for span_id in (11, 12):  # two spans under one parent: the second from the memo
+            out.append(tracing._child(ids, parent, span_id, "s", SpanKind.CLIENT, {}))
+    return out
+
+
+@pytest.mark.parametrize("name", ["traceidratio", "parentbased_traceidratio",
+                                  "parentbased_always_off", "always_on"])
+def test_remembered_sampling_decisions_are_the_samplers_own(name: str) -> None:
+    provider = ExportingProvider(sampler=_sampler({"OTEL_TRACES_SAMPLER": name,
+                                                   "OTEL_TRACES_SAMPLER_ARG": "0.5"}))
+    tracing = HostTracing(provider, [saga(ONE_STEP)])
+    rng = random.Random(3)
+    trace_ids = [rng.getrandbits(128) for _ in range(200)]
+    for flags in (0, 1):
+        got = [c.trace_flags.sampled for c in span_contexts(tracing, trace_ids, flags)]
+        expected = [provider.sampler.should_sample(
+            trace.set_span_in_context(NonRecordingSpan(SpanContext(
+                t, 9, is_remote=False, trace_flags=TraceFlags(flags)))), t, "s").decision
+            is Decision.RECORD_AND_SAMPLE for t in trace_ids for _ in (11, 12)]
+        assert got == expected
+    if name == "traceidratio":  # not parent-based: the ratio decides, per trace
+        assert 0 < sum(got) < len(got)
+
+
+def test_another_sampler_is_asked_for_every_span() -> None:
+    sampler = CountingSampler()
+    tracing = HostTracing(ExportingProvider(sampler=sampler), [saga(ONE_STEP)])
+    span_contexts(tracing, [5, 6], 1)
+    assert sampler.asked == 4
