@@ -60,10 +60,10 @@ _FLAGS_REMOTE_PARENT = _SPAN_FLAGS + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE)
 _TRACE_ID_PREFIX, _SPAN_ID_PREFIX = bytes((_SPAN_TRACE_ID, 16)), bytes((_SPAN_ID, 8))
 _PARENT_ID_PREFIX = bytes((_SPAN_PARENT_ID, 8))
 
-# Encoded attributes by (tag, (key, value)), with the value's type; cleared when
+# Encoded attributes by tag, then (key, value), with the value's type; cleared when
 # full, since per-saga values (execution ids) would otherwise grow it without bound.
 _ATTRIBUTE_CACHE_LIMIT = 8192
-_attribute_cache: dict[tuple[int, tuple[str, Any]], tuple[type, bytes]] = {}
+_attribute_caches: dict[int, dict[tuple[str, Any], tuple[type, bytes]]] = {}
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
@@ -112,15 +112,16 @@ def _span(span: ReadableSpan) -> bytes:
     parts.append(_KIND[span.kind])
     _fixed64(parts, _SPAN_START, span.start_time)
     _fixed64(parts, _SPAN_END, span.end_time)
-    if span.attributes:
-        _attributes(parts, _SPAN_ATTRIBUTE, span.attributes)
+    attributes, links = span.attributes, span.links
+    if attributes:
+        _attributes(parts, _SPAN_ATTRIBUTE, attributes)
+    # Counted even when nothing is left (a limit of 0 drops every attribute).
     _varint_field(parts, _SPAN_DROPPED_ATTRIBUTES, span.dropped_attributes)
     for event in span.events:
         parts.append(_field(_SPAN_EVENT, _event(event)))
     _varint_field(parts, _SPAN_DROPPED_EVENTS, span.dropped_events)
-    if span.links:
-        for link in _encode_links(span.links):
-            parts.append(_field(_SPAN_LINK, link.SerializeToString()))
+    for link in _encode_links(links) if links else ():
+        parts.append(_field(_SPAN_LINK, link.SerializeToString()))
     _varint_field(parts, _SPAN_DROPPED_LINKS, span.dropped_links)
     parts.append(_status(span.status.status_code.value, span.status.description))
     parts.append(_FLAGS_REMOTE_PARENT if parent is not None and parent.is_remote
@@ -151,10 +152,10 @@ def _status(code: int, description: str | None) -> bytes:
 
 def _attributes(parts: list[bytes], tag: int, attributes: Any) -> None:
     """Each attribute as a length-delimited ``KeyValue`` field with ``tag``."""
-    cache = _attribute_cache
+    cache = _attribute_caches.setdefault(tag, {})
     for item in attributes.items():
         try:
-            hit = cache.get((tag, item))
+            hit = cache.get(item)
         except TypeError:  # an unhashable value (a list): encoded each time, not kept
             parts.append(_field(tag, _key_value(*item)))
             continue
@@ -165,7 +166,7 @@ def _attributes(parts: list[bytes], tag: int, attributes: Any) -> None:
         encoded = _field(tag, _key_value(*item))
         if len(cache) >= _ATTRIBUTE_CACHE_LIMIT:
             cache.clear()
-        cache[tag, item] = (type(item[1]), encoded)
+        cache[item] = (type(item[1]), encoded)
         parts.append(encoded)
 
 
