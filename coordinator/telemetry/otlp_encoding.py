@@ -47,6 +47,7 @@ _STATUS_MESSAGE, _STATUS_CODE = 0x12, 0x18
 _KEY, _VALUE = 0x0A, 0x12
 _STRING, _BOOL, _INT, _DOUBLE = 0x0A, 0x10, 0x18, 0x21
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _FIXED64 = struct.Struct("<Q")
 _DOUBLE_BITS = struct.Struct("<d")
 _FIXED32 = struct.Struct("<I")
@@ -157,16 +158,22 @@ def _attributes(parts: list[bytes], tag: int, attributes: Any) -> None:
         try:
             hit = cache.get(item)
         except TypeError:  # an unhashable value (a list): encoded each time, not kept
-            parts.append(_field(tag, _key_value(*item)))
-            continue
+            hit, cache_it = None, False
+        else:
+            cache_it = True
         # True == 1 and 1 == 1.0 as keys: the value's type must match too.
         if hit is not None and hit[0] is type(item[1]):
             parts.append(hit[1])
             continue
-        encoded = _field(tag, _key_value(*item))
-        if len(cache) >= _ATTRIBUTE_CACHE_LIMIT:
-            cache.clear()
-        cache[item] = (type(item[1]), encoded)
+        try:
+            encoded = _field(tag, _key_value(*item))
+        except Exception:  # as the SDK does: the attribute is left out, the span kept
+            log.exception("could not encode attribute %r", item[0])
+            continue
+        if cache_it:
+            if len(cache) >= _ATTRIBUTE_CACHE_LIMIT:
+                cache.clear()
+            cache[item] = (type(item[1]), encoded)
         parts.append(encoded)
 
 
@@ -175,11 +182,11 @@ def _key_value(key: str, value: Any) -> bytes:
         any_value = bytes((_BOOL, 1 if value else 0))
     elif isinstance(value, str):
         any_value = _field(_STRING, value.encode())
-    elif isinstance(value, int):
+    elif isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
         any_value = bytes((_INT,)) + _varint(value & 0xFFFFFFFFFFFFFFFF)
     elif isinstance(value, float):
         any_value = bytes((_DOUBLE,)) + _DOUBLE_BITS.pack(value)
-    else:  # None, bytes, sequences, mappings: as the SDK encodes them
+    else:  # None, bytes, sequences, mappings, ints beyond int64: as the SDK does
         encoded: bytes = _encode_key_value(key, value).SerializeToString()
         return encoded
     prefix = _field(_KEY, key.encode()) if key else b""

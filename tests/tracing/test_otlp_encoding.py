@@ -87,6 +87,12 @@ def test_equal_values_of_other_types_are_not_confused() -> None:
     assert encode_spans(batch) == sdk_bytes(batch)
 
 
+def test_an_attribute_the_sdk_cannot_encode_is_left_out_as_the_sdk_does() -> None:
+    batch = [plain_span({"huge": 2**64, "list": ["a", 2**70], "ok": "x"}, 7)]
+    assert encode_spans(batch) == sdk_bytes(batch)
+    assert b"huge" not in encode_spans(batch) and b"ok" in encode_spans(batch)
+
+
 def test_a_full_cache_is_emptied_and_stays_correct(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(otlp_encoding, "_ATTRIBUTE_CACHE_LIMIT", 4)
     monkeypatch.setattr(otlp_encoding, "_attribute_caches", {})
