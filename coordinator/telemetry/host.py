@@ -76,7 +76,7 @@ class HostTracing:
         self._definitions = {(d.name, d.version): d for d in definitions}
         self._pending: set[asyncio.Task[None]] = set()
         # The samplers OTEL_TRACES_SAMPLER names decide from the trace id and the parent's
-        # flags alone, so a saga's spans need ask once per parent kind (the sampler was
+        # flags alone, so a saga's spans need to ask once per parent kind (the sampler was
         # 2.7 % of a host's samples); any other sampler is asked for every span.
         self._decisions: dict[tuple[int, int, bool], bool] | None = (
             {} if isinstance(provider.sampler, _BY_TRACE_AND_PARENT) else None)
