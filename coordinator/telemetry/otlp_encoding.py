@@ -9,7 +9,10 @@ a span as a join of byte strings. What is rare in Sagaray's spans (links, array 
 map values, a trace state) goes through the SDK's own encoder for that piece.
 
 The output is byte for byte what ``encode_spans(spans).SerializePartialToString()``
-gives (pinned by a property-based test against the SDK), so receivers cannot tell.
+gives (pinned by a property-based test against the SDK), so receivers cannot tell,
+for spans that share their resource and scope objects, as one provider's spans do.
+(Spans are grouped by those objects' identity; equal but distinct ones would make
+separate, equally valid groups where the SDK makes one.)
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ _PARENT_ID_PREFIX = bytes((_SPAN_PARENT_ID, 8))
 # Encoded attributes by tag, then (key, value), with the value's type; cleared when
 # full, since per-saga values (execution ids) would otherwise grow it without bound.
 _ATTRIBUTE_CACHE_LIMIT = 8192
+_SCALARS = frozenset({str, bool, int, float})
 _attribute_caches: dict[int, dict[tuple[str, Any], tuple[type, bytes]]] = {}
 
 
@@ -155,12 +159,9 @@ def _attributes(parts: list[bytes], tag: int, attributes: Any) -> None:
     """Each attribute as a length-delimited ``KeyValue`` field with ``tag``."""
     cache = _attribute_caches.setdefault(tag, {})
     for item in attributes.items():
-        try:
-            hit = cache.get(item)
-        except TypeError:  # an unhashable value (a list): encoded each time, not kept
-            hit, cache_it = None, False
-        else:
-            cache_it = True
+        # Only scalars are kept: a tuple (1,) equals (True,) as a key, whatever the check.
+        kept = type(item[1]) in _SCALARS
+        hit = cache.get(item) if kept else None
         # True == 1 and 1 == 1.0 as keys: the value's type must match too.
         if hit is not None and hit[0] is type(item[1]):
             parts.append(hit[1])
@@ -170,7 +171,7 @@ def _attributes(parts: list[bytes], tag: int, attributes: Any) -> None:
         except Exception:  # as the SDK does: the attribute is left out, the span kept
             log.exception("could not encode attribute %r", item[0])
             continue
-        if cache_it:
+        if kept:
             if len(cache) >= _ATTRIBUTE_CACHE_LIMIT:
                 cache.clear()
             cache[item] = (type(item[1]), encoded)
