@@ -6,7 +6,8 @@ protobuf message object per span, per attribute and per attribute value. A saga'
 spans repeat most of their attributes (saga name, step, phase, service, method,
 URL), so this encoder keeps each attribute's encoded ``KeyValue`` bytes and writes
 a span as a join of byte strings. What is rare in Sagaray's spans (links, array or
-map values, a trace state) goes through the SDK's own encoder for that piece.
+map values, the resource and scope of a batch) goes through the SDK's own encoder
+for that piece.
 
 The output is byte for byte what ``encode_spans(spans).SerializePartialToString()``
 gives (pinned by a property-based test against the SDK), so receivers cannot tell,
