@@ -68,7 +68,7 @@ _PARENT_ID_PREFIX = bytes((_SPAN_PARENT_ID, 8))
 # Encoded attributes by tag, then (key, value), with the value's type; cleared when
 # full, since per-saga values (execution ids) would otherwise grow it without bound.
 _ATTRIBUTE_CACHE_LIMIT = 8192
-_SCALARS = frozenset({str, bool, int, float})
+_SCALARS = frozenset({str, bool, int})  # not float: -0.0 == 0.0 as a key, not as bits
 _attribute_caches: dict[int, dict[tuple[str, Any], tuple[type, bytes]]] = {}
 
 
@@ -160,7 +160,7 @@ def _attributes(parts: list[bytes], tag: int, attributes: Any) -> None:
     """Each attribute as a length-delimited ``KeyValue`` field with ``tag``."""
     cache = _attribute_caches.setdefault(tag, {})
     for item in attributes.items():
-        # Only scalars are kept: a tuple (1,) equals (True,) as a key, whatever the check.
+        # Only these are kept: a tuple (1,) equals (True,) as a key, whatever the check.
         kept = type(item[1]) in _SCALARS
         hit = cache.get(item) if kept else None
         # True == 1 and 1 == 1.0 as keys: the value's type must match too.

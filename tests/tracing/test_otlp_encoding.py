@@ -83,7 +83,7 @@ def plain_span(attrs: dict[str, Any], span_id: int = 5) -> ReadableSpan:
 
 
 def test_equal_values_of_other_types_are_not_confused() -> None:
-    values = (True, 1, 1.0, "1", 1, True, False, 0, 0.0, (1,), (True,), (1,), (1.0,))
+    values = (True, 1, 1.0, "1", 1, True, False, 0, 0.0, -0.0, 0.0, (1,), (True,), (1,), (1.0,))
     batch = [plain_span({"x": value}) for value in values]
     assert encode_spans(batch) == sdk_bytes(batch)
 
