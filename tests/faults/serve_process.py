@@ -162,6 +162,7 @@ def launch_serve(
     lease_seconds: float = 2.0,
     ray_address: str | None = None,
     port: int | None = None,
+    extra_args: Sequence[str] = (),
 ) -> ServeProcess:
     """Start ``sagaray serve`` (not waiting for it: see ``ServeProcess.wait_ready``)."""
     port = port or free_port()
@@ -174,6 +175,7 @@ def launch_serve(
     ]
     if ray_address is not None:
         command += ["--ray-address", ray_address]
+    command += list(extra_args)
     # Only the flags configure it: an inherited SAGARAY_* (say, API tokens) must not.
     child_env = {k: v for k, v in env.items() if not k.startswith("SAGARAY_")}
     child_env["PYTHONUNBUFFERED"] = "1"

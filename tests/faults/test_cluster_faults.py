@@ -18,7 +18,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,17 +145,17 @@ class Coordinators:
         self.namespace = f"cf-{uuid.uuid4().hex[:6]}"
         self.launched: list[ServeProcess] = []
 
-    def launch(self, name: str, hosts: int) -> ServeProcess:
+    def launch(self, name: str, hosts: int, extra_args: Sequence[str] = ()) -> ServeProcess:
         serve = launch_on_cluster(
             self.cluster, name=name, sagas_dir=self.workdir / "sagas",
             services_file=self.workdir / "services.yaml", journal_url=self.journal_url,
             namespace=self.namespace, log_dir=self.workdir / "logs", hosts=hosts,
-            lease_seconds=LEASE_SECONDS)
+            lease_seconds=LEASE_SECONDS, extra_args=extra_args)
         self.launched.append(serve)
         return serve
 
-    async def start(self, name: str, hosts: int) -> ServeProcess:
-        serve = self.launch(name, hosts)
+    async def start(self, name: str, hosts: int, extra_args: Sequence[str] = ()) -> ServeProcess:
+        serve = self.launch(name, hosts, extra_args)
         took = await asyncio.to_thread(serve.wait_ready)
         print(f"serve {name} ready in {took:.1f} s ({serve.resumed} executions resumed)")
         return serve
@@ -283,7 +283,10 @@ async def test_hosts_and_executions_spread_over_nodes(
 async def test_worker_node_killed_mid_load(
     cluster: RayCluster, coordinators: Coordinators, client: SagaClient, probe: HostProbe
 ) -> None:
-    serve = await coordinators.start("node-kill", hosts=4)
+    # SPREAD alone is best effort: with hosts that take no CPU it once put all four on the
+    # head. A whole CPU each fits at most two on any 2-CPU node, so a worker holds one, and
+    # the survivors (head and one worker, 4 CPUs) still fit all four after the kill.
+    serve = await coordinators.start("node-kill", hosts=4, extra_args=("--host-cpus", "1"))
     names = node_names(cluster)
     hosts = await asyncio.to_thread(probe.host_stats, serve.namespace, serve.host_names)
     on_node: dict[str, list[str]] = {}
