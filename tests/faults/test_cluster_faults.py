@@ -55,7 +55,8 @@ SETTLE_TIMEOUT = 120.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayCluster]:
-    """Head and two workers, 2 CPUs each (the hosts take none; SPREAD spreads them)."""
+    """Head and two workers, 2 CPUs each (the hosts take none unless a test asks; SPREAD
+    spreads them, best effort)."""
     started = time.monotonic()
     made: RayCluster | None = None
     failure: str | None = None
