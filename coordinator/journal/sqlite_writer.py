@@ -31,6 +31,7 @@ from coordinator.journal.sqlite_db import (
     rollback_quietly,
     unavailable,
 )
+from coordinator.journal.sqlite_turns import WriterTurns
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class WriteStats:
     commits: int = 0  # transactions committed
     largest_batch: int = 0
     lock_retries: int = 0  # transactions restarted because another process held the lock
+    turn_waits: int = 0  # batches that waited for another writer's turn (sqlite_turns)
 
 
 @dataclass(slots=True)
@@ -65,6 +67,7 @@ class GroupCommitWriter:
         *,
         batch_window: float = 0.0,
         max_batch: int = 1000,
+        take_turns: bool = True,
     ) -> None:
         self.stats = WriteStats()
         self.observer: WriteObserver | None = None
@@ -72,6 +75,7 @@ class GroupCommitWriter:
         self._connect = connect
         self._batch_window = batch_window
         self._max_batch = max_batch
+        self._take_turns = take_turns
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         # Daemon: a process exiting without close() must not hang; committed work is safe anyway.
         self._thread = threading.Thread(
@@ -117,16 +121,55 @@ class GroupCommitWriter:
             self._startup_error = exc
             self._ready.set()
             return
+        # After connecting: that is what creates the journal's folder if asked to.
+        turns = WriterTurns.open(self._path) if self._take_turns else None
         self._ready.set()
         try:
             stop = False
             while not stop:
                 batch, stop = self._next_batch()
                 if batch:
-                    self._commit_batch(conn, batch)
+                    stop = self._write(conn, turns, batch) or stop
         finally:
             conn.close()
+            if turns is not None:
+                turns.close()
             self._fail_pending()
+
+    def _write(self, conn: sqlite3.Connection, turns: WriterTurns | None,
+               batch: list[_Request]) -> bool:
+        """Commit ``batch`` in this writer's turn and deliver; True if the queue's end was met."""
+        stop = False
+        if turns is None:
+            outcomes = self._commit_batch(conn, batch)
+        elif not self._take_turn(turns):
+            outcomes = [unavailable(self._path, TimeoutError(
+                f"other writers of this file kept the write lock for {LOCK_RETRY_FOR:g} s"))
+                for _ in batch]
+        else:
+            try:
+                stop = self._take_queued(batch)  # what arrived while we waited
+                outcomes = self._commit_batch(conn, batch)
+            finally:
+                turns.release()
+        self._deliver_all(batch, outcomes)
+        return stop
+
+    def _take_turn(self, turns: WriterTurns) -> bool:
+        taken = turns.acquire(LOCK_RETRY_FOR)
+        self.stats.turn_waits = turns.waits
+        return taken
+
+    def _take_queued(self, batch: list[_Request]) -> bool:
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
 
     def _fail_pending(self) -> None:
         """Fail whatever is still queued, so that no coroutine waits forever on a dead thread."""
@@ -161,21 +204,21 @@ class GroupCommitWriter:
             batch.append(item)
         return batch, False
 
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> None:
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Request]) -> list[Any]:
         deadline = time.monotonic() + LOCK_RETRY_FOR
         delays = backoff_delays()
         while True:
             try:
-                outcomes = self._transaction(conn, batch)
-                break
+                return self._transaction(conn, batch)
             except Exception as exc:
                 if _busy(exc) and time.monotonic() < deadline:
                     # Another process holds the write lock: redo the whole batch later.
                     self.stats.lock_retries += 1
                     time.sleep(next(delays))
                     continue
-                outcomes = [self._failure(exc) for _ in batch]
-                break
+                return [self._failure(exc) for _ in batch]
+
+    def _deliver_all(self, batch: list[_Request], outcomes: list[Any]) -> None:
         self.stats.requests += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         if self.observer is not None:
