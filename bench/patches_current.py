@@ -305,3 +305,83 @@ def _sdk_span_encoder() -> None:
         return OTLPSpanExporter(endpoint=endpoint, headers=headers)
 
     otlp_encoding.fast_exporter = sdk_exporter  # type: ignore[assignment]
+
+
+@patch("time-start-tail")
+def _time_start_tail() -> None:
+    """Measures, changes nothing: the raw timings behind a start's tail, per process.
+
+    Appends to ``$SAGARAY_BENCH_TAIL_DIR/tail-<pid>.txt`` (default /tmp) one line per
+    event: ``start <wall> <ms>`` for ``ExecutionService.start``, ``create <wall> <ms>``,
+    ``txn <wall> <ms> <retries>`` for each writer commit (with its lock retries), and
+    ``lag <wall> <ms>`` whenever the event loop wakes a 1 ms timer more than 5 ms late.
+    """
+    import threading
+    import time
+
+    from coordinator.executions import ExecutionService
+    from coordinator.journal import sqlite_writer
+    from coordinator.journal.sqlite import SQLiteJournal
+
+    folder = os.environ.get("SAGARAY_BENCH_TAIL_DIR", "/tmp")
+    lines: list[str] = []
+    guard = threading.Lock()
+
+    def note(line: str) -> None:
+        with guard:
+            lines.append(line)
+            if len(lines) >= 200:
+                with open(f"{folder}/tail-{os.getpid()}.txt", "a") as out:
+                    out.write("\n".join(lines) + "\n")
+                lines.clear()
+
+    async def watch_loop() -> None:
+        while True:
+            began = time.perf_counter()
+            await asyncio.sleep(0.001)
+            late = (time.perf_counter() - began) * 1000 - 1
+            if late > 5:
+                note(f"lag {time.time():.4f} {late:.2f}")
+
+    def timed(name: str, func):  # type: ignore[no-untyped-def]
+        async def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if not getattr(wrapper, "watching", False):
+                wrapper.watching = True  # type: ignore[attr-defined]
+                asyncio.get_running_loop().create_task(watch_loop())
+            began = time.perf_counter()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                note(f"{name} {time.time():.4f} {(time.perf_counter() - began) * 1000:.2f}")
+        return wrapper
+
+    original_commit = sqlite_writer.GroupCommitWriter._commit_batch
+
+    def commit_batch(self, conn, batch):  # type: ignore[no-untyped-def]
+        began, retries = time.perf_counter(), self.stats.lock_retries
+        try:
+            return original_commit(self, conn, batch)
+        finally:
+            note(f"txn {time.time():.4f} {(time.perf_counter() - began) * 1000:.2f} "
+                 f"{self.stats.lock_retries - retries} {len(batch)}")
+
+    ExecutionService.start = timed("start", ExecutionService.start)  # type: ignore[method-assign]
+    SQLiteJournal.create_execution = timed(  # type: ignore[method-assign]
+        "create", SQLiteJournal.create_execution)
+    sqlite_writer.GroupCommitWriter._commit_batch = commit_batch  # type: ignore[method-assign]
+
+
+
+@patch("no-writer-turns")
+def _no_writer_turns() -> None:
+    """Toggles a change now in the code off: the SQLite writers of one file race for its
+    lock in SQLite's busy handler instead of taking turns (``sqlite_turns``)."""
+    from coordinator.journal import sqlite_writer
+
+    original_init = sqlite_writer.GroupCommitWriter.__init__
+
+    def init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original_init(self, *args, **kwargs)
+        self._take_turns = False
+
+    sqlite_writer.GroupCommitWriter.__init__ = init  # type: ignore[method-assign]
