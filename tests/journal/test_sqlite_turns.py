@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,28 @@ async def test_unusable_side_file_leaves_sqlite_to_arbitrate(
             assert journal.stats.turn_waits == 0
     assert any("writers will not take turns" in r.getMessage() and str(turns_path(path))
                in r.getMessage() for r in caplog.records), caplog.text
+
+
+async def test_turn_of_a_killed_process_passes_on(tmp_path: Path) -> None:
+    # A writer process killed in its turn: the kernel lets its flock go with it.
+    path = tmp_path / "j.db"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c",
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(turns_path(path))!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n",
+        stdout=asyncio.subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 10) == b"held\n"
+        async with SQLiteJournal(path) as journal:
+            creating = asyncio.create_task(create(journal, "x"))
+            await asyncio.sleep(0.3)
+            assert not creating.done(), "wrote while another process held the turn"
+            holder.kill()
+            await asyncio.wait_for(creating, 5)
+            assert journal.stats.turn_waits == 1
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await holder.wait()
