@@ -385,3 +385,34 @@ def _no_writer_turns() -> None:
         self._take_turns = False
 
     sqlite_writer.GroupCommitWriter.__init__ = init  # type: ignore[method-assign]
+
+
+@patch("feed-pace")
+def _feed_pace() -> None:
+    """Candidate: a host answers one reader's feed poll at most every 3 ms.
+
+    Under load each finish can cost a feed answer of its own (a link write, a wake-up
+    and a decode in the API). Here an answer that would follow the previous one by
+    less than 3 ms waits out the rest, so it carries more finishes; one saga at a
+    time (polls 10 ms apart) is not delayed.
+    """
+    import contextlib
+    import time
+
+    from coordinator.finish_feed import FinishFeed
+
+    original_since = FinishFeed.since
+
+    async def since(self, incarnation, cursor, timeout, reader=None):  # type: ignore[no-untyped-def]
+        last = getattr(self, "_bench_last", {})
+        self._bench_last = last
+        if cursor is not None and incarnation == self.incarnation and cursor >= self._next:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        gap = time.monotonic() - last.get(reader, 0.0)
+        if cursor is not None and cursor < self._next and gap < 0.003:
+            await asyncio.sleep(0.003 - gap)
+        last[reader] = time.monotonic()
+        return await original_since(self, incarnation, cursor, 0.0, reader)
+
+    FinishFeed.since = since  # type: ignore[method-assign]
