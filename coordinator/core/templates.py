@@ -205,5 +205,9 @@ def _compact(value: Any) -> str:
 
 
 def truthy(value: Any) -> bool:
-    """JMESPath truthiness: false, null, empty string, list and object are false."""
-    return value not in (None, False, "", [], {})
+    """JMESPath truthiness: false, null, empty string, list and object are false.
+
+    Not ``value in (None, False, ...)``: ``0 == False`` in Python, but 0 is true here.
+    """
+    return not (value is None or value is False or value == "" or value == []
+                or value == {})
