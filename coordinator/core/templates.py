@@ -25,6 +25,8 @@ from jmespath.exceptions import (
 )
 from jmespath.functions import Functions
 
+from coordinator.core.field_paths import Evaluate, evaluator, is_false
+
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -36,8 +38,11 @@ class TemplateError(ValueError):
 class Expression:
     text: str
     compiled: Any
+    fast: Evaluate | None = None  # the same evaluation without jmespath's interpreter
 
     def search(self, context: dict[str, Any]) -> Any:
+        if self.fast is not None:
+            return self.fast(context)
         try:
             return self.compiled.search(context)
         except JMESPathError as error:
@@ -58,7 +63,7 @@ def compile_expression(text: str) -> Expression:
     problem = _function_problem(compiled.parsed)
     if problem:
         raise TemplateError(f"invalid JMESPath {text!r}: {problem}")
-    return Expression(text, compiled)
+    return Expression(text, compiled, evaluator(compiled.parsed))
 
 
 def _one_line(error: JMESPathError) -> str:
@@ -186,18 +191,42 @@ def render_headers(headers: dict[str, str], context: dict[str, Any]) -> dict[str
 def _render_string(text: str, context: dict[str, Any], encode: bool) -> Any:
     if "${" not in text:
         return text
-    whole = _PLACEHOLDER.fullmatch(text)
-    if whole is not None and not encode:
-        return compile_expression(whole.group(1)).search(context)
-
-    def substitute(match: re.Match[str]) -> str:
-        value = compile_expression(match.group(1)).search(context)
+    template = _template(text)
+    if template.whole is not None and not encode:
+        return template.whole.search(context)
+    pieces: list[str] = []
+    for part in template.parts:
+        if isinstance(part, str):
+            pieces.append(part)
+            continue
+        value = part.search(context)
         if encode and value is None:
-            raise TemplateError(f"placeholder ${{{match.group(1)}}} in path is null")
+            raise TemplateError(f"placeholder ${{{part.text}}} in path is null")
         inserted = value if isinstance(value, str) else _compact(value)
-        return quote(inserted, safe="") if encode else inserted
+        pieces.append(quote(inserted, safe="") if encode else inserted)
+    return "".join(pieces)
 
-    return _PLACEHOLDER.sub(substitute, text)
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    whole: Expression | None  # the text is exactly this one placeholder
+    parts: tuple[str | Expression, ...]  # literal text and placeholders, in order
+
+
+@lru_cache(maxsize=4096)
+def _template(text: str) -> _Template:
+    """``text`` split once into literal pieces and compiled placeholders."""
+    parts: list[str | Expression] = []
+    end = 0
+    for match in _PLACEHOLDER.finditer(text):
+        if match.start() > end:
+            parts.append(text[end:match.start()])
+        parts.append(compile_expression(match.group(1)))
+        end = match.end()
+    if end < len(text):
+        parts.append(text[end:])
+    whole = parts[0] if len(parts) == 1 and isinstance(parts[0], Expression) else None
+    return _Template(whole, tuple(parts))
 
 
 def _compact(value: Any) -> str:
@@ -205,9 +234,5 @@ def _compact(value: Any) -> str:
 
 
 def truthy(value: Any) -> bool:
-    """JMESPath truthiness: false, null, empty string, list and object are false.
-
-    Not ``value in (None, False, ...)``: ``0 == False`` in Python, but 0 is true here.
-    """
-    return not (value is None or value is False or value == "" or value == []
-                or value == {})
+    """JMESPath truthiness: false, null, empty string, list and object are false."""
+    return not is_false(value)
