@@ -416,3 +416,43 @@ def _feed_pace() -> None:
         return await original_since(self, incarnation, cursor, 0.0, reader)
 
     FinishFeed.since = since  # type: ignore[method-assign]
+
+
+@patch("cprofile-cpu")
+def _cprofile_cpu() -> None:
+    """Measures: cProfile with the thread's CPU clock on the event-loop thread of the API
+    and of each host, for ``$SAGARAY_CPROFILE_SECONDS`` (default 15) from the first start,
+    dumped to ``$SAGARAY_CPROFILE_DIR/cpu-<pid>.prof`` (default /tmp). Unlike py-spy's
+    wall-clock samples, time a preempted thread waits is not counted; cProfile's own
+    overhead inflates small, often-called functions."""
+    import cProfile
+    import time
+
+    from coordinator.executions import ExecutionService
+    from coordinator.host_core import HostCore
+
+    folder = os.environ.get("SAGARAY_CPROFILE_DIR", "/tmp")
+    seconds = float(os.environ.get("SAGARAY_CPROFILE_SECONDS", "15"))
+    started: list[cProfile.Profile] = []
+
+    def begin() -> None:
+        if started:
+            return
+        profiler = cProfile.Profile(time.thread_time)
+        started.append(profiler)
+        profiler.enable()
+
+        def end() -> None:
+            profiler.disable()
+            profiler.dump_stats(f"{folder}/cpu-{os.getpid()}.prof")
+
+        asyncio.get_running_loop().call_later(seconds, end)
+
+    def first(func):  # type: ignore[no-untyped-def]
+        async def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            begin()
+            return await func(*args, **kwargs)
+        return wrapper
+
+    ExecutionService.start = first(ExecutionService.start)  # type: ignore[method-assign]
+    HostCore.start_many = first(HostCore.start_many)  # type: ignore[method-assign]
