@@ -35,7 +35,6 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from coordinator import __version__
 from coordinator.core import events as ev
@@ -54,8 +53,6 @@ from coordinator.telemetry.ids import SagaIds, attempt_parent, span_phase
 from coordinator.telemetry.setup import ExportingProvider, flush, host_provider
 
 log = logging.getLogger(__name__)
-# Trace context only: W3C baggage from the caller is not passed on to services.
-_PROPAGATOR = TraceContextTextMapPropagator()
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _KINDS = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT}
 # The attempt being sent in this task: its span's context and attributes (on_send adds
@@ -129,7 +126,7 @@ class HostTracing:
             return
         context, attributes = attempt
         attributes.update(_url_attributes(url))
-        _PROPAGATOR.inject(headers, trace.set_span_in_context(NonRecordingSpan(context)))
+        inject_trace_context(headers, context)
 
     def execution_ended(self, state: ExecutionState, history: Sequence[ev.Event]) -> None:
         """Emit the saga's long-lived spans from its history (the journal's events of the
@@ -232,9 +229,21 @@ def _span_context(ids: SagaIds, span_id: int, remote: bool = False) -> SpanConte
                        trace_flags=TraceFlags(ids.trace_flags), trace_state=state)
 
 
+def inject_trace_context(headers: dict[str, str], context: SpanContext) -> None:
+    """The W3C headers ``TraceContextTextMapPropagator.inject`` writes for ``context``,
+    without building an OTel ``Context`` around it for every attempt. Trace context
+    only: W3C baggage from the caller is not passed on to services."""
+    if not context.is_valid:
+        return
+    headers["traceparent"] = (f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+                              f"{context.trace_flags:02x}")
+    if context.trace_state:
+        headers["tracestate"] = context.trace_state.to_header()
+
+
 def _present(attributes: Attributes) -> Attributes:
     """Without None values, which OTLP cannot carry (the SDK drops them too)."""
-    if all(value is not None for value in attributes.values()):
+    if None not in attributes.values():  # by identity first: no value here equals None
         return attributes
     return {key: value for key, value in attributes.items() if value is not None}
 

@@ -14,12 +14,20 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from coordinator.core.commands import Invoke
 from coordinator.core.outcomes import Reply
 from coordinator.core.simulate import Simulation, ok
-from coordinator.telemetry.host import HostTracing
+from coordinator.telemetry.host import HostTracing, inject_trace_context
 from coordinator.telemetry.ids import SagaIds
 from coordinator.telemetry.setup import ExportingProvider, _sampler
 from tests.core.conftest import saga
@@ -197,3 +205,20 @@ def test_another_sampler_is_asked_for_every_span() -> None:
     tracing = HostTracing(ExportingProvider(sampler=sampler), [saga(ONE_STEP)])
     span_contexts(tracing, [5, 6], 1)
     assert sampler.asked == 4
+
+
+@pytest.mark.parametrize("flags", [0, 1])
+@pytest.mark.parametrize("state", [None, "vendor=a1,other=b2"])
+def test_attempt_headers_are_the_propagators(flags: int, state: str | None) -> None:
+    trace_state = TraceState.from_header([state]) if state else None
+    context = SpanContext(random.getrandbits(128), random.getrandbits(64), is_remote=False,
+                          trace_flags=TraceFlags(flags), trace_state=trace_state)
+    ours: dict[str, str] = {"Idempotency-Key": "k"}
+    inject_trace_context(ours, context)
+    theirs: dict[str, str] = {"Idempotency-Key": "k"}
+    TraceContextTextMapPropagator().inject(
+        theirs, trace.set_span_in_context(NonRecordingSpan(context)))
+    assert ours == theirs
+    invalid: dict[str, str] = {}
+    inject_trace_context(invalid, SpanContext(0, 0, is_remote=False))
+    assert invalid == {}
