@@ -100,12 +100,16 @@ def _request_attributes(request: web.Request, route: str | None) -> Attributes:
 @functools.lru_cache(maxsize=1024)
 def _attributes_of(method: str, path: str, scheme: str, host: str, route: str | None,
                    remote: str | None) -> tuple[tuple[str, str | int], ...]:
-    url = URL.build(scheme=scheme, authority=host)
+    try:
+        url = URL.build(scheme=scheme, authority=host)
+        address, port = url.host or "", url.port
+    except ValueError:  # the client's Host header (say, a port out of range): not ours to fail
+        address, port = "", None
     attributes: list[tuple[str, str | int]] = [
         ("http.request.method", method), ("url.path", path), ("url.scheme", scheme),
-        ("server.address", url.host or "")]
-    if url.port is not None:
-        attributes.append(("server.port", url.port))
+        ("server.address", address)]
+    if port is not None:
+        attributes.append(("server.port", port))
     if route:
         attributes.append(("http.route", route))
     if remote:

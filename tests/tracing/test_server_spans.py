@@ -6,6 +6,7 @@ its in-memory exporter.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -133,3 +134,22 @@ async def test_an_unsampled_request_exports_nothing_yet_passes_its_context_on() 
         assert len(seen) == 1
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("host, address, port", [("127.0.0.1:8123", "127.0.0.1", 8123),
+                                                 ("localhost:99999", "", None),
+                                                 ("bad host:x", "", None)])
+async def test_the_host_header_names_the_server_and_a_bad_one_fails_nothing(
+        traced: tuple[str, InMemorySpanExporter, list[str]], host: str, address: str,
+        port: int | None) -> None:
+    url, exported, _ = traced
+    reader, writer = await asyncio.open_connection(*url[len("http://"):].split(":"))
+    writer.write(f"GET /404 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    assert status_line.startswith(b"HTTP/1.1 404"), status_line
+    attributes = only(exported).attributes
+    assert attributes is not None and attributes["server.address"] == address
+    assert attributes.get("server.port") == port
