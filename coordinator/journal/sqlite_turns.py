@@ -47,6 +47,7 @@ class WriterTurns:
         self._asked = False  # the helper is blocked in flock (or about to be)
         self._waiting = False  # the writer waits for the helper's grant
         self._closing = False
+        self._broken = False  # flock itself failed: go on without turns, as if none existed
         self._helper: threading.Thread | None = None
         self.waits = 0  # acquisitions that found the turn taken
 
@@ -65,6 +66,8 @@ class WriterTurns:
     def acquire(self, timeout: float) -> bool:
         """Take the turn; False if other writers kept it for ``timeout`` seconds."""
         with self._mutex:
+            if self._broken:
+                return True
             if not self._asked:
                 try:
                     fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -83,7 +86,8 @@ class WriterTurns:
             return True
 
     def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if not self._broken:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """End the helper and close the file; a helper still blocked closes it when it wakes."""
@@ -112,7 +116,15 @@ class WriterTurns:
             with self._mutex:
                 if self._closing:
                     return
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except OSError as exc:  # say, ENOLCK: SQLite's own lock still keeps writes safe
+                log.warning("SQLite journal turns on %s failed (%s); writers go on without "
+                            "them", self._path, exc)
+                with self._mutex:
+                    self._broken, self._asked = True, False
+                    self._granted.set()
+                return
             with self._mutex:
                 if self._closing:
                     os.close(self._fd)  # lets the turn go with the file

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.core.events import ExecutionStarted, StepAttemptStarted
-from coordinator.journal import sqlite_writer
+from coordinator.journal import sqlite_turns, sqlite_writer
 from coordinator.journal.base import JournalUnavailable, NewExecution
 from coordinator.journal.sqlite import SQLiteJournal
 from coordinator.journal.sqlite_turns import turns_path
@@ -158,3 +159,25 @@ async def test_turn_of_a_killed_process_passes_on(tmp_path: Path) -> None:
         if holder.returncode is None:
             holder.kill()
         await holder.wait()
+
+
+async def test_a_failing_flock_leaves_sqlite_to_arbitrate(
+    tmp_path: Path, holder: TurnHolder, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX:  # the helper's blocking wait
+            raise OSError(errno.ENOLCK, "No locks available")
+        real_flock(fd, operation)
+
+    async with SQLiteJournal(tmp_path / "j.db") as journal:
+        await create(journal, "x")
+        holder.take()
+        # fcntl is one module: patched after the holder took its turn with the real one.
+        monkeypatch.setattr(sqlite_turns.fcntl, "flock", flock)
+        with caplog.at_level(logging.WARNING):
+            assert await asyncio.wait_for(journal.append("x", 1, attempt()), 5) == 2
+        assert await journal.append("x", 2, attempt(3.0)) == 3
+    assert "writers go on without them" in caplog.text
