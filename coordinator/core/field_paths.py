@@ -60,11 +60,10 @@ def _constant(value: Any) -> Evaluate:
 
 
 def _chain(steps: list[Evaluate]) -> Evaluate:
+    # As jmespath's visit_subexpression: every step sees the previous one's value.
     def chain(value: Any) -> Any:
         for step in steps:
             value = step(value)
-            if value is None:
-                return None
         return value
     return chain
 

@@ -66,7 +66,8 @@ CHAINS = st.lists(st.sampled_from(NAMES), min_size=1, max_size=4).map(".".join)
 EXPRESSIONS = st.recursive(
     CHAINS | st.sampled_from(LITERALS),
     lambda inner: st.tuples(inner, st.sampled_from(["||", "&&"]), inner).map(
-        lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        lambda t: f"({t[0]} {t[1]} {t[2]})") | st.tuples(inner, CHAINS).map(
+        lambda t: f"({t[0]}).{t[1]}"),
     max_leaves=4)
 
 
