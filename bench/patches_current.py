@@ -456,3 +456,45 @@ def _cprofile_cpu() -> None:
 
     ExecutionService.start = first(ExecutionService.start)  # type: ignore[method-assign]
     HostCore.start_many = first(HostCore.start_many)  # type: ignore[method-assign]
+
+
+@patch("nop-exporter")
+def _nop_exporter() -> None:
+    """Measures: spans are built and queued as usual, but the exporter drops each batch
+    (no encoding, no OTLP post). With ``--ab-tracing``, the difference is what the span
+    processor's thread costs."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from coordinator.telemetry import otlp_encoding
+
+    def export(self: Any, spans: Any) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    otlp_encoding.BytesEncodingExporter.export = export  # type: ignore[method-assign]
+
+
+@patch("cprofile-export")
+def _cprofile_export() -> None:
+    """Measures: cProfile with the thread's CPU clock around each OTLP export (the span
+    processor's thread), dumped every 10 exports to ``$SAGARAY_CPROFILE_DIR/export-<pid>.prof``."""
+    import cProfile
+    import time
+
+    from coordinator.telemetry import otlp_encoding
+
+    folder = os.environ.get("SAGARAY_CPROFILE_DIR", "/tmp")
+    profiler = cProfile.Profile(time.thread_time)
+    calls = [0]
+    original = otlp_encoding.BytesEncodingExporter.export
+
+    def export(self: Any, spans: Any) -> Any:
+        profiler.enable()
+        try:
+            return original(self, spans)
+        finally:
+            profiler.disable()
+            calls[0] += 1
+            if calls[0] % 10 == 0:
+                profiler.dump_stats(f"{folder}/export-{os.getpid()}.prof")
+
+    otlp_encoding.BytesEncodingExporter.export = export  # type: ignore[method-assign]
