@@ -52,7 +52,6 @@ steps:
         assert state.steps["a"].status == status, count
 
 
-
 # -- expressions evaluated without jmespath's interpreter (field_paths) ----------------
 
 NAMES = ["a", "b", "input", "steps"]
