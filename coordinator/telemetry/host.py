@@ -49,7 +49,7 @@ from coordinator.telemetry.history import (
     plan_spans,
     saga_attributes,
 )
-from coordinator.telemetry.ids import SagaIds, attempt_parent, span_phase
+from coordinator.telemetry.ids import SagaIds, attempt_parent, span_phase, traceparent
 from coordinator.telemetry.setup import ExportingProvider, flush, host_provider
 
 log = logging.getLogger(__name__)
@@ -235,8 +235,8 @@ def inject_trace_context(headers: dict[str, str], context: SpanContext) -> None:
     only: W3C baggage from the caller is not passed on to services."""
     if not context.is_valid:
         return
-    headers["traceparent"] = (f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-                              f"{context.trace_flags:02x}")
+    headers["traceparent"] = traceparent(context.trace_id, context.span_id,
+                                         context.trace_flags)
     if context.trace_state:
         headers["tracestate"] = context.trace_state.to_header()
 

@@ -33,6 +33,7 @@ from yarl import URL
 from coordinator import __version__
 from coordinator.telemetry import API_SERVICE_NAME
 from coordinator.telemetry.history import Attributes
+from coordinator.telemetry.ids import traceparent
 from coordinator.telemetry.setup import (
     ExportingProvider,
     build_provider,
@@ -152,8 +153,7 @@ def saga_trace(caller: dict[str, str] | None) -> dict[str, str] | None:
     if not context.is_valid:
         return caller
     found = {
-        "traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-                       f"{int(context.trace_flags):02x}",
+        "traceparent": traceparent(context.trace_id, context.span_id, context.trace_flags),
         "trace_id": f"{context.trace_id:032x}",
         "saga_span_id": f"{new_span_id():016x}",
         "saga_start_ns": str(time.time_ns()),

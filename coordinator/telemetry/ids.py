@@ -22,6 +22,11 @@ _HEX16 = re.compile(r"[0-9a-f]{16}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
+def traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """The W3C ``traceparent`` header (version 00) naming a span; ``_TRACEPARENT`` reads it."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
 @dataclass(frozen=True, slots=True)
 class SagaIds:
     trace_id: int
